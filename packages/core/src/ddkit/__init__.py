@@ -1,0 +1,78 @@
+"""ddkit: a modular, plugin-based toolkit for denoising diffusion models.
+
+The registry (``names``, ``create``, ``describe``) builds components by name from any
+installed plugin; :class:`Pipeline` composes them; :class:`Trainer` trains them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ddkit.errors import (
+    CompositionError,
+    ConfigError,
+    IncompatiblePluginError,
+    IntegrityError,
+    PluginConflictError,
+    UnknownPluginError,
+)
+from ddkit.hookspecs import hookimpl
+from ddkit.prediction import Prediction
+from ddkit.protocols import (
+    Guidance,
+    ModelFn,
+    ModelSpec,
+    Parameterization,
+    Sampler,
+    SamplerState,
+    Schedule,
+    TimestepResampler,
+    model_spec,
+)
+from ddkit.records import KINDS, Record
+from ddkit.registry import PLUGIN_API_VERSION, create, describe, names
+
+if TYPE_CHECKING:
+    from ddkit.pipeline import Pipeline
+    from ddkit.training import Trainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KINDS",
+    "PLUGIN_API_VERSION",
+    "CompositionError",
+    "ConfigError",
+    "Guidance",
+    "IncompatiblePluginError",
+    "IntegrityError",
+    "ModelFn",
+    "ModelSpec",
+    "Parameterization",
+    "Pipeline",
+    "PluginConflictError",
+    "Prediction",
+    "Record",
+    "Sampler",
+    "SamplerState",
+    "Schedule",
+    "TimestepResampler",
+    "Trainer",
+    "UnknownPluginError",
+    "create",
+    "describe",
+    "hookimpl",
+    "model_spec",
+    "names",
+]
+
+_LAZY = {"Pipeline": "ddkit.pipeline", "Trainer": "ddkit.training"}
+
+
+def __getattr__(name: str) -> Any:
+    # Pipeline and Trainer pull in more of the library; import them on first use.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ddkit' has no attribute {name!r}")

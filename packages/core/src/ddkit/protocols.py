@@ -1,0 +1,249 @@
+"""The protocols every component meets. Plugins implement them; the pipeline relies on nothing else.
+
+The data flow of one sampling call::
+
+    denoiser(x_t, t) = score/mean guidance ∘ parameterization ∘ model-form guidance ∘ model
+    sampler.iterate(denoiser, x_T) -> SamplerState, ... ; the last state's ``x`` is the sample
+
+A sampler never knows which network, parameterization or guidance is in use; a model
+never knows which sampler runs it; guidance sees only the model call and predictions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ddkit.prediction import Prediction
+
+if TYPE_CHECKING:
+    from ddkit.denoiser import Denoiser
+    from ddkit.diffusion.process import GaussianProcess
+
+__all__ = [
+    "GUIDANCE_FORMS",
+    "Generator",
+    "Guidance",
+    "ModelFn",
+    "ModelSpec",
+    "Parameterization",
+    "Sampler",
+    "SamplerState",
+    "Schedule",
+    "TimestepResampler",
+    "model_spec",
+]
+
+#: One generator for the batch, or one per sample (sample i then does not depend on the batch).
+Generator = torch.Generator | Sequence[torch.Generator] | None
+
+#: Where a guidance acts: around the model call, on the predicted noise, or on the transition mean.
+GUIDANCE_FORMS: tuple[str, ...] = ("model", "score", "mean")
+
+
+@runtime_checkable
+class ModelFn(Protocol):
+    """The network call: ``model(x_t, t, **conditioning) -> output``.
+
+    ``t`` holds the *training* timestep of each sample (shape ``[B]``, possibly fractional
+    for continuous-time samplers); the output has the shape of ``x_t`` with the channel
+    dimension (dim 1) multiplied by the parameterization's factor (2 for learned variances).
+    """
+
+    def __call__(self, x: Tensor, t: Tensor, **conditioning: Any) -> Tensor: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """What a model promises, so that a composition is checked before it runs.
+
+    ``None`` means "unknown": the check is skipped. ``null_class`` is the label index a
+    model trained with condition dropout uses for "no class" (classifier-free guidance).
+    """
+
+    in_channels: int | None = None
+    out_channels: int | None = None
+    sample_shape: tuple[int, ...] | None = None
+    num_classes: int | None = None
+    null_class: int | None = None
+
+
+def model_spec(model: object) -> ModelSpec:
+    """Read a model's :class:`ModelSpec`: its ``spec`` attribute, else common attribute names."""
+    spec = getattr(model, "spec", None)
+    if isinstance(spec, ModelSpec):
+        return spec
+    return ModelSpec(
+        in_channels=getattr(model, "in_channels", None),
+        out_channels=getattr(model, "out_channels", None),
+        sample_shape=getattr(model, "sample_shape", None),
+        num_classes=getattr(model, "num_classes", None),
+        null_class=getattr(model, "null_class", None),
+    )
+
+
+@runtime_checkable
+class Schedule(Protocol):
+    """A noise schedule over ``timesteps`` discrete training steps."""
+
+    @property
+    def timesteps(self) -> int:
+        """The number T of training steps."""
+        ...
+
+    @property
+    def betas(self) -> np.ndarray:
+        """The betas of the T training steps, float64, each in (0, 1]."""
+        ...
+
+    def alpha_bar(self, t: Tensor) -> Tensor:
+        """ᾱ at continuous time ``t`` in [0, 1]: ᾱ(0) = 1 and ᾱ((i + 1) / T) is training step i's ᾱ."""
+        ...
+
+
+@runtime_checkable
+class Parameterization(Protocol):
+    """What the network predicts and how its variance is given.
+
+    ``prediction`` is one of ``epsilon``, ``x0``, ``previous-x``, ``v``; ``variance`` one of
+    ``fixed-small``, ``fixed-large``, ``learned``, ``learned-range``.
+    """
+
+    prediction: str
+    variance: str
+    clip_denoised: bool
+
+    @property
+    def learned_variance(self) -> bool:
+        """Whether the network also outputs the variance (doubling its channels)."""
+        ...
+
+    def output_channels(self, channels: int) -> int:
+        """How many output channels a network needs for data with ``channels`` channels."""
+        ...
+
+    def predict(
+        self,
+        process: GaussianProcess,
+        output: Tensor,
+        x_t: Tensor,
+        t: Tensor,
+        *,
+        clip_denoised: bool | None = None,
+        denoised_fn: Callable[[Tensor], Tensor] | None = None,
+        alpha_bar: Tensor | None = None,
+        posterior: bool = True,
+    ) -> Prediction:
+        """Read a raw network output as a :class:`Prediction` (guided-diffusion's p_mean_variance)."""
+        ...
+
+    def target(self, process: GaussianProcess, x0: Tensor, x_t: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """The regression target for the mean part of the network output."""
+        ...
+
+
+@dataclass(slots=True)
+class SamplerState:
+    """One state of a sampling trajectory, yielded after each step.
+
+    ``t`` is the training timestep the state was predicted from; ``x`` the new sample
+    after the step (x_0 after the last); ``x0`` the model's prediction of the clean
+    sample; ``log_prob`` the per-sample log density of the transition a stochastic
+    sampler drew (``None`` for deterministic steps); ``nfe`` the model evaluations so far.
+    """
+
+    step: int
+    t: float
+    x: Tensor
+    x0: Tensor
+    nfe: int
+    log_prob: Tensor | None = None
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """Walks a denoiser from noise to data.
+
+    ``guidance_forms`` lists the guidance forms it can apply, preferred first (an
+    ancestral sampler prefers the mean form, an ODE solver can only take the score form).
+    """
+
+    guidance_forms: tuple[str, ...]
+    stochastic: bool
+
+    def check(self, denoiser: Denoiser) -> None:
+        """Raise :class:`ddkit.CompositionError` for a combination that cannot work."""
+        ...
+
+    def iterate(
+        self,
+        denoiser: Denoiser,
+        x_T: Tensor,
+        *,
+        generator: Generator = None,
+        callback: Callable[[SamplerState], None] | None = None,
+        progress: bool = False,
+        init: Tensor | None = None,
+        strength: float | None = None,
+        mask: Tensor | None = None,
+        known: Tensor | None = None,
+    ) -> Iterator[SamplerState]:
+        """Yield a state per step, starting from ``x_T`` (or from ``init`` noised to ``strength``)."""
+        ...
+
+    def sample(self, denoiser: Denoiser, x_T: Tensor, **options: Any) -> Tensor:
+        """Run :meth:`iterate` to the end and return the final sample."""
+        ...
+
+
+@runtime_checkable
+class Guidance(Protocol):
+    """Changes what the denoiser returns.
+
+    ``forms`` lists the forms it can act in (see :data:`GUIDANCE_FORMS`), preferred first.
+    The model form wraps the network call (:meth:`wrap_model`); the score and mean forms
+    use :meth:`gradient`, g = s·∇ log p(y | x_t): the score form sets
+    eps ← eps − sqrt(1 − ᾱ_t)·g and the mean form mean ← mean + Σ·g.
+    """
+
+    forms: tuple[str, ...]
+
+    def check(self, spec: ModelSpec, conditioning: Mapping[str, Any]) -> None:
+        """Raise :class:`ddkit.CompositionError` when the model or conditioning cannot take it."""
+        ...
+
+    def wrap_model(self, model: ModelFn, *, mean_channels: int) -> ModelFn:
+        """Model form: a new model call (e.g. classifier-free: one batched forward of 2B)."""
+        ...
+
+    def gradient(self, x: Tensor, t: Tensor, **conditioning: Any) -> Tensor:
+        """Score and mean forms: the scaled guidance gradient at ``x`` (``t``: training timesteps)."""
+        ...
+
+
+@runtime_checkable
+class TimestepResampler(Protocol):
+    """Draws training timesteps with importance weights, and learns from reported losses."""
+
+    def sample(
+        self, batch_size: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Return ``(t, weights)``: long timesteps and float importance weights, shape ``[batch_size]``."""
+        ...
+
+    def update(self, t: Tensor, losses: Tensor) -> None:
+        """Report per-sample losses of this rank (gathered across ranks where distributed)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Data-only state (tensors, numbers, lists) to save in a checkpoint."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the state from :meth:`state_dict`."""
+        ...

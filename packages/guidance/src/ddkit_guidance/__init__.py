@@ -1,0 +1,1 @@
+"""ddkit_guidance (filled in by its package work)."""

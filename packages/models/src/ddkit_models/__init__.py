@@ -1,0 +1,1 @@
+"""ddkit_models (filled in by its package work)."""

@@ -1,0 +1,1 @@
+"""ddkit_samplers (filled in by its package work)."""
