@@ -1,0 +1,174 @@
+"""The denoiser a sampler calls: guidance ∘ parameterization ∘ model, bound to one chain.
+
+Guidances apply in a fixed order: those acting in the model form wrap the network call in
+the order they are listed (the first listed sits closest to the network); then those in
+the score form shift the predicted noise, in list order; then those in the mean form
+shift the transition mean, in list order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ddkit.diffusion.parameterization import GaussianParameterization
+from ddkit.diffusion.process import Coef, GaussianProcess, Step
+from ddkit.errors import CompositionError
+from ddkit.prediction import Prediction
+from ddkit.protocols import GUIDANCE_FORMS, Guidance, ModelFn, model_spec
+
+__all__ = ["Denoiser", "choose_form", "dynamic_threshold"]
+
+
+def choose_form(guidance: Guidance, sampler_forms: Sequence[str], sampler_name: str = "the sampler") -> str:
+    """The form ``guidance`` acts in under a sampler accepting ``sampler_forms`` (preferred first)."""
+    for form in sampler_forms:
+        if form in guidance.forms:
+            return form
+    gname = getattr(guidance, "name", type(guidance).__name__)
+    raise CompositionError(
+        f"guidance {gname!r} acts in the {' or '.join(guidance.forms)} form, but {sampler_name} accepts only "
+        f"{', '.join(sampler_forms) or 'no guidance'}; choose another sampler or another form"
+    )
+
+
+def dynamic_threshold(percentile: float) -> Callable[[Tensor], Tensor]:
+    """Imagen's dynamic thresholding (Saharia et al. 2022): rescale x_0 by its ``percentile`` of |x_0|."""
+    if not 0.0 < percentile <= 1.0:
+        raise ValueError(f"'dynamic_threshold' must be a percentile in (0, 1] (got {percentile!r})")
+
+    def threshold(x0: Tensor) -> Tensor:
+        flat = x0.reshape(x0.shape[0], -1).abs().float()
+        s = torch.quantile(flat, percentile, dim=1).clamp(min=1.0).to(x0.dtype)
+        s = s.reshape(-1, *([1] * (x0.ndim - 1)))
+        return x0.clamp(-s, s) / s
+
+    return threshold
+
+
+class Denoiser:
+    """Predicts x_0, eps and the reverse transition for x_t at a step of ``process``.
+
+    Built once per sampling call: it holds the conditioning (class labels, ...) so that
+    samplers never see it, and counts model evaluations in ``nfe``.
+
+    .. versionadded:: 0.1.0
+    """
+
+    __slots__ = (
+        "_guided_model",
+        "_mean_guidances",
+        "_score_guidances",
+        "clip_denoised",
+        "conditioning",
+        "denoised_fn",
+        "forms",
+        "guidances",
+        "model",
+        "nfe",
+        "parameterization",
+        "process",
+    )
+
+    def __init__(
+        self,
+        model: ModelFn,
+        parameterization: GaussianParameterization,
+        process: GaussianProcess,
+        *,
+        guidances: Iterable[Guidance] = (),
+        sampler_forms: Sequence[str] = GUIDANCE_FORMS,
+        conditioning: Mapping[str, Any] | None = None,
+        clip_denoised: bool | None = None,
+        denoised_fn: Callable[[Tensor], Tensor] | None = None,
+        forms: Sequence[str] | None = None,
+    ) -> None:
+        self.model = model
+        self.parameterization = parameterization
+        self.process = process
+        self.guidances = tuple(guidances)
+        self.conditioning = dict(conditioning or {})
+        self.clip_denoised = parameterization.clip_denoised if clip_denoised is None else clip_denoised
+        self.denoised_fn = denoised_fn
+        self.forms = tuple(forms) if forms is not None else tuple(choose_form(g, sampler_forms) for g in self.guidances)
+        self.nfe = 0
+        spec = model_spec(model)
+        guided: ModelFn = model
+        for g, form in zip(self.guidances, self.forms):
+            g.check(spec, self.conditioning)
+            if form == "model":
+                channels = spec.in_channels
+                mean_channels = channels if channels is not None else -1
+                guided = g.wrap_model(guided, mean_channels=mean_channels)
+        self._guided_model = guided
+        self._score_guidances = tuple(g for g, f in zip(self.guidances, self.forms) if f == "score")
+        self._mean_guidances = tuple(g for g, f in zip(self.guidances, self.forms) if f == "mean")
+
+    def with_process(self, process: GaussianProcess, **changes: Any) -> Denoiser:
+        """The same model, parameterization, guidances and conditioning on another chain."""
+        kwargs: dict[str, Any] = {
+            "guidances": self.guidances,
+            "conditioning": self.conditioning,
+            "clip_denoised": self.clip_denoised,
+            "denoised_fn": self.denoised_fn,
+            "forms": self.forms,
+        }
+        kwargs.update(changes)
+        return Denoiser(self.model, self.parameterization, process, **kwargs)
+
+    def respaced(self, use_timesteps: Iterable[int], **changes: Any) -> Denoiser:
+        """This denoiser on the chain that visits only ``use_timesteps`` of its own."""
+        return self.with_process(self.process.respace(use_timesteps), **changes)
+
+    def model_output(self, x: Tensor, t: Step) -> Tensor:
+        """The raw (model-form guided) network output for x at step ``t`` of the chain."""
+        model_t = self.process.model_timesteps(t, x.shape[0], x.device)
+        self.nfe += 1
+        return self._guided_model(x, model_t, **self.conditioning)
+
+    def __call__(
+        self, x: Tensor, t: Step, *, alpha_bar: Coef | None = None, posterior: bool = False
+    ) -> Prediction:
+        """Predict for ``x`` at step ``t`` (an index of the chain; fractional with ``alpha_bar``).
+
+        ``posterior=True`` also fills the reverse transition's mean and variance.
+        """
+        process = self.process
+        model_t = process.model_timesteps(t, x.shape[0], x.device)
+        self.nfe += 1
+        output = self._guided_model(x, model_t, **self.conditioning)
+        pred = self.parameterization.predict(
+            process,
+            output,
+            x,
+            t,
+            clip_denoised=self.clip_denoised,
+            denoised_fn=self.denoised_fn,
+            alpha_bar=alpha_bar,
+            posterior=posterior,
+        )
+        if self._score_guidances:
+            pred = self._guide_score(pred, x, t, model_t, alpha_bar, posterior)
+        if self._mean_guidances and posterior:
+            assert pred.mean is not None and pred.variance is not None
+            mean = pred.mean.float()
+            for g in self._mean_guidances:
+                mean = mean + pred.variance * g.gradient(x, model_t, **self.conditioning).float()
+            pred.mean = mean
+        return pred
+
+    def _guide_score(
+        self, pred: Prediction, x: Tensor, t: Step, model_t: Tensor, alpha_bar: Coef | None, posterior: bool
+    ) -> Prediction:
+        ab = self.process.alpha_bar(t, x) if alpha_bar is None else alpha_bar
+        sigma = (1.0 - ab) ** 0.5
+        eps = pred.eps
+        for g in self._score_guidances:
+            eps = eps - sigma * g.gradient(x, model_t, **self.conditioning)
+        # As guided-diffusion's condition_score: x_0 follows the shifted noise, unclipped.
+        x0 = self.process.x0_from_eps(x, t, eps, alpha_bar)
+        mean = self.process.q_posterior_mean(x0, x, t) if posterior else pred.mean
+        return pred.replace(x0=x0, eps=eps, mean=mean)

@@ -1,0 +1,170 @@
+"""What the network predicts, and how its output becomes a :class:`~ddkit.Prediction`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+import torch
+from torch import Tensor
+
+from ddkit.diffusion.process import Coef, GaussianProcess, Step
+from ddkit.prediction import Prediction
+
+__all__ = ["PREDICTIONS", "VARIANCES", "GaussianParameterization", "output_channel_error"]
+
+#: What a network can predict for the mean: noise, clean data, the previous step's mean, or v.
+PREDICTIONS: tuple[str, ...] = ("epsilon", "x0", "previous-x", "v")
+#: How the reverse-step variance is given.
+VARIANCES: tuple[str, ...] = ("fixed-small", "fixed-large", "learned", "learned-range")
+
+
+def _one_of(options: tuple[str, ...], what: str) -> Callable[[object, attrs.Attribute[str], str], None]:
+    def check(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+        if value not in options:
+            import difflib
+
+            close = difflib.get_close_matches(str(value), options, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"'{attribute.name}' must be one of {', '.join(options)} for {what} (got {value!r}){hint}")
+
+    return check
+
+
+def output_channel_error(param: GaussianParameterization, data_channels: int, got: int) -> str:
+    """The message for a network whose output channels do not fit the variance mode."""
+    want = param.output_channels(data_channels)
+    why = (
+        f"variance={param.variance!r} learns the variance, so the network outputs the mean part and "
+        f"the variance part ({data_channels} + {data_channels} channels)"
+        if param.learned_variance
+        else f"variance={param.variance!r} is fixed, so the network outputs only the mean part"
+    )
+    fix = "set learn_sigma to match, or choose another variance mode"
+    return f"the model outputs {got} channels but {want} were expected: {why}; {fix}"
+
+
+@attrs.frozen
+class GaussianParameterization:
+    """A parameterization of the reverse process (guided-diffusion's mean and variance types).
+
+    ``prediction`` says what the mean part of the output is; ``variance`` how the step
+    variance is chosen. ``clip_denoised`` clamps the predicted x_0 to [-1, 1] (image data);
+    ``denoised_fn`` runs on x_0 before clipping.
+
+    .. versionadded:: 0.1.0
+    """
+
+    prediction: str = attrs.field(default="epsilon", validator=_one_of(PREDICTIONS, "the prediction"))
+    variance: str = attrs.field(default="fixed-small", validator=_one_of(VARIANCES, "the variance mode"))
+    clip_denoised: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+
+    @property
+    def learned_variance(self) -> bool:
+        """Whether the network outputs the variance too (doubling its channels)."""
+        return self.variance in ("learned", "learned-range")
+
+    @property
+    def name(self) -> str:
+        """The registered name of this parameterization (its prediction)."""
+        return self.prediction
+
+    def output_channels(self, channels: int) -> int:
+        """Output channels a network needs for data with ``channels`` channels."""
+        return 2 * channels if self.learned_variance else channels
+
+    def split(self, output: Tensor, x_t: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Split a raw output into its mean part and (for learned variances) its variance part."""
+        channels = x_t.shape[1]
+        want = self.output_channels(channels)
+        if output.shape[1] != want or output.shape[0] != x_t.shape[0] or output.shape[2:] != x_t.shape[2:]:
+            if output.shape[1] != want:
+                raise ValueError(output_channel_error(self, channels, output.shape[1]))
+            raise ValueError(
+                f"the model output has shape {tuple(output.shape)}, which does not match x_t {tuple(x_t.shape)}"
+            )
+        if not self.learned_variance:
+            return output, None
+        mean_part, var_part = torch.split(output, channels, dim=1)
+        return mean_part, var_part
+
+    def variance_of(
+        self, process: GaussianProcess, var_part: Tensor | None, t: Step, like: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Variance and log-variance of p(x_{t-1} | x_t), each shaped like ``like``."""
+        if self.variance == "learned":
+            assert var_part is not None
+            return torch.exp(var_part), var_part
+        if self.variance == "learned-range":
+            assert var_part is not None
+            min_log = process.coef("posterior_log_variance_clipped", t, like)
+            max_log = process.coef("log_betas", t, like)
+            # The output in [-1, 1] interpolates between the two fixed variances in log space.
+            frac = (var_part + 1) / 2
+            log_var = frac * max_log + (1 - frac) * min_log
+            return torch.exp(log_var), log_var
+        if self.variance == "fixed-large":
+            var_name, log_name = "fixed_large_variance", "fixed_large_log_variance"
+        else:
+            var_name, log_name = "posterior_variance", "posterior_log_variance_clipped"
+        ones = torch.ones_like(like)
+        return process.coef(var_name, t, like) * ones, process.coef(log_name, t, like) * ones
+
+    def predict(
+        self,
+        process: GaussianProcess,
+        output: Tensor,
+        x_t: Tensor,
+        t: Step,
+        *,
+        clip_denoised: bool | None = None,
+        denoised_fn: Callable[[Tensor], Tensor] | None = None,
+        alpha_bar: Coef | None = None,
+        posterior: bool = True,
+    ) -> Prediction:
+        """Read ``output`` as a :class:`Prediction` for ``x_t`` at step ``t`` (p_mean_variance).
+
+        ``alpha_bar`` overrides the noise level (continuous-time samplers); the posterior
+        (mean, variance) is only defined at integer steps of ``process``.
+        """
+        clip = self.clip_denoised if clip_denoised is None else clip_denoised
+        mean_part, var_part = self.split(output, x_t)
+        raw_x0 = self._raw_x0(process, mean_part, x_t, t, alpha_bar)
+        x0 = raw_x0
+        if denoised_fn is not None:
+            x0 = denoised_fn(x0)
+        if clip:
+            x0 = x0.clamp(-1, 1)
+        if self.prediction == "epsilon" and x0 is raw_x0:
+            eps = mean_part
+        else:
+            eps = process.eps_from_x0(x_t, t, x0, alpha_bar)
+        pred = Prediction(x0=x0, eps=eps, model_output=output)
+        if posterior:
+            if self.prediction == "previous-x":
+                pred.mean = mean_part
+            else:
+                pred.mean = process.q_posterior_mean(x0, x_t, t)
+            pred.variance, pred.log_variance = self.variance_of(process, var_part, t, x_t)
+        return pred
+
+    def _raw_x0(self, process: GaussianProcess, mean_part: Tensor, x_t: Tensor, t: Step, alpha_bar: Coef | None) -> Tensor:
+        if self.prediction == "epsilon":
+            return process.x0_from_eps(x_t, t, mean_part, alpha_bar)
+        if self.prediction == "x0":
+            return mean_part
+        if self.prediction == "v":
+            return process.x0_from_v(x_t, t, mean_part, alpha_bar)
+        if alpha_bar is not None:
+            raise ValueError("a 'previous-x' model predicts a discrete step; it cannot be read at a continuous noise level")
+        return process.x0_from_xprev(x_t, t, mean_part)
+
+    def target(self, process: GaussianProcess, x0: Tensor, x_t: Tensor, t: Step, noise: Tensor) -> Tensor:
+        """The regression target for the mean part of the output (guided-diffusion's training target)."""
+        if self.prediction == "epsilon":
+            return noise
+        if self.prediction == "x0":
+            return x0
+        if self.prediction == "v":
+            return process.v_from_x0_eps(x0, noise, t)
+        return process.q_posterior_mean(x0, x_t, t)

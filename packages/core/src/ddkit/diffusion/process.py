@@ -1,0 +1,338 @@
+"""The discrete Gaussian diffusion chain q(x_t | x_0) and its posterior, with float64 tables.
+
+Tables are computed once in float64 (as guided-diffusion does) and moved to a device and
+dtype once, cached per (device, dtype): a sampling step never copies a table. Coefficients
+for a step shared by the whole batch come back as Python floats, so no gather and no
+host-device synchronisation happens inside a sampling loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["Coef", "GaussianProcess", "Step", "validate_betas"]
+
+#: A step index: one Python number for the whole batch, or a tensor of shape [B].
+Step = int | float | Tensor
+#: A coefficient: a Python float (step shared by the batch) or a tensor broadcastable to x.
+Coef = float | Tensor
+
+_TABLES = (
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "alphas_cumprod_next",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+    "log_betas",
+    "fixed_large_variance",
+    "fixed_large_log_variance",
+    "recip_posterior_mean_coef1",
+    "posterior_mean_coef2_over_coef1",
+)
+
+
+def validate_betas(betas: Sequence[float] | np.ndarray | Tensor) -> np.ndarray:
+    """Return ``betas`` as a float64 array, or raise ``ValueError`` saying what is wrong."""
+    if isinstance(betas, Tensor):
+        betas = betas.detach().cpu().double().numpy()
+    arr = np.asarray(betas, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"betas must be a non-empty 1-D sequence (got shape {arr.shape})")
+    bad = ~((arr > 0) & (arr <= 1))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"every beta must lie in (0, 1] (betas[{i}] = {arr[i]!r}); a schedule with a zero or "
+            "negative beta adds no noise at that step, and one above 1 is not a variance"
+        )
+    return arr
+
+
+class GaussianProcess:
+    """A discrete diffusion chain over ``num_timesteps`` steps, possibly respaced.
+
+    ``timestep_map[i]`` is the training timestep that step ``i`` of this chain stands for
+    (the identity for a full chain); the network is always fed training timesteps.
+    ``rescale_timesteps`` feeds ``t * 1000 / original_num_steps`` instead (guided-diffusion's
+    option of that name).
+
+    .. versionadded:: 0.1.0
+    """
+
+    betas: np.ndarray
+    alphas_cumprod: np.ndarray
+    alphas_cumprod_prev: np.ndarray
+    alphas_cumprod_next: np.ndarray
+    sqrt_alphas_cumprod: np.ndarray
+    sqrt_one_minus_alphas_cumprod: np.ndarray
+    log_one_minus_alphas_cumprod: np.ndarray
+    sqrt_recip_alphas_cumprod: np.ndarray
+    sqrt_recipm1_alphas_cumprod: np.ndarray
+    posterior_variance: np.ndarray
+    posterior_log_variance_clipped: np.ndarray
+    posterior_mean_coef1: np.ndarray
+    posterior_mean_coef2: np.ndarray
+    log_betas: np.ndarray
+    fixed_large_variance: np.ndarray
+    fixed_large_log_variance: np.ndarray
+    recip_posterior_mean_coef1: np.ndarray
+    posterior_mean_coef2_over_coef1: np.ndarray
+
+    def __init__(
+        self,
+        betas: Sequence[float] | np.ndarray | Tensor,
+        *,
+        timestep_map: Sequence[int] | np.ndarray | None = None,
+        original_num_steps: int | None = None,
+        rescale_timesteps: bool = False,
+    ) -> None:
+        b = validate_betas(betas)
+        self.num_timesteps = int(b.shape[0])
+        self.original_num_steps = int(original_num_steps or self.num_timesteps)
+        self.rescale_timesteps = bool(rescale_timesteps)
+        tmap = np.arange(self.num_timesteps) if timestep_map is None else np.asarray(timestep_map)
+        if tmap.shape != (self.num_timesteps,):
+            raise ValueError(f"timestep_map must have {self.num_timesteps} entries (got {tmap.shape})")
+        self.timestep_map = tmap.astype(np.int64)
+
+        alphas = 1.0 - b
+        ac = np.cumprod(alphas)
+        ac_prev = np.append(1.0, ac[:-1])
+        post_var = b * (1.0 - ac_prev) / (1.0 - ac)
+        # The posterior variance is 0 at the first step; its log is clipped to the next value.
+        post_var_first = post_var[1] if self.num_timesteps > 1 else b[0]
+        coef1 = b * np.sqrt(ac_prev) / (1.0 - ac)
+        coef2 = (1.0 - ac_prev) * np.sqrt(alphas) / (1.0 - ac)
+        # fixed-large: betas, with the first entry set to the posterior variance for a better
+        # decoder likelihood (guided-diffusion's trick).
+        large = np.append(post_var_first, b[1:])
+        with np.errstate(divide="ignore"):
+            tables = {
+                "betas": b,
+                "alphas_cumprod": ac,
+                "alphas_cumprod_prev": ac_prev,
+                "alphas_cumprod_next": np.append(ac[1:], 0.0),
+                "sqrt_alphas_cumprod": np.sqrt(ac),
+                "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - ac),
+                "log_one_minus_alphas_cumprod": np.log(1.0 - ac),
+                "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / ac),
+                "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / ac - 1),
+                "posterior_variance": post_var,
+                "posterior_log_variance_clipped": np.log(np.append(post_var_first, post_var[1:])),
+                "posterior_mean_coef1": coef1,
+                "posterior_mean_coef2": coef2,
+                "log_betas": np.log(b),
+                "fixed_large_variance": large,
+                "fixed_large_log_variance": np.log(large),
+                "recip_posterior_mean_coef1": 1.0 / coef1,
+                "posterior_mean_coef2_over_coef1": coef2 / coef1,
+            }
+        for name, value in tables.items():
+            setattr(self, name, value)
+        self._cache: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
+        self._map_cache: dict[torch.device, Tensor] = {}
+
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod: np.ndarray, **kwargs: object) -> GaussianProcess:
+        """Build a chain whose cumulative products are ``alphas_cumprod`` (used by respacing)."""
+        ac = np.asarray(alphas_cumprod, dtype=np.float64)
+        betas = 1.0 - ac / np.append(1.0, ac[:-1])
+        return cls(betas, **kwargs)  # type: ignore[arg-type]
+
+    # -- tables -------------------------------------------------------------------------
+
+    def table(self, name: str, device: torch.device | str, dtype: torch.dtype) -> Tensor:
+        """Table ``name`` as a tensor on ``device`` in ``dtype``, uploaded once and cached."""
+        key = (name, torch.device(device), dtype)
+        cached = self._cache.get(key)
+        if cached is None:
+            if name not in _TABLES:
+                raise KeyError(f"unknown table {name!r}; tables are: {', '.join(_TABLES)}")
+            # float64 -> dtype on the host, as guided-diffusion's `.float()` after indexing does.
+            cached = torch.from_numpy(getattr(self, name)).to(dtype).to(device)
+            self._cache[key] = cached
+        return cached
+
+    def coef(self, name: str, t: Step, like: Tensor) -> Coef:
+        """Table ``name`` at step ``t``: a float for a shared step, else a tensor shaped [B, 1, ...]."""
+        if isinstance(t, Tensor):
+            if t.is_floating_point():
+                raise TypeError("a fractional step has no table entry; pass alpha_bar explicitly")
+            values = self.table(name, like.device, like.dtype)[t]
+            return values.reshape(-1, *([1] * (like.ndim - 1)))
+        if isinstance(t, float) and not t.is_integer():
+            raise TypeError("a fractional step has no table entry; pass alpha_bar explicitly")
+        return float(getattr(self, name)[int(t)])
+
+    def alpha_bar(self, t: Step, like: Tensor | None = None) -> Coef:
+        """ᾱ at step ``t`` of this chain; fractional steps interpolate log ᾱ linearly."""
+        if isinstance(t, Tensor):
+            ref = like if like is not None else t.double()
+            if not t.is_floating_point():
+                return self.coef("alphas_cumprod", t, ref)
+            log_ac = torch.log(self.table("alphas_cumprod", t.device, torch.float64))
+            tf = t.double().clamp(0, self.num_timesteps - 1)
+            lo = tf.floor().long()
+            hi = (lo + 1).clamp(max=self.num_timesteps - 1)
+            w = tf - lo
+            ab = torch.exp(log_ac[lo] * (1 - w) + log_ac[hi] * w).to(ref.dtype)
+            return ab.reshape(-1, *([1] * (ref.ndim - 1)))
+        tf = float(t)
+        lo_i = int(np.floor(tf))
+        if lo_i == tf:
+            return float(self.alphas_cumprod[lo_i])
+        hi_i = min(lo_i + 1, self.num_timesteps - 1)
+        w = tf - lo_i
+        log_ac = np.log(self.alphas_cumprod)
+        return float(np.exp(log_ac[lo_i] * (1 - w) + log_ac[hi_i] * w))
+
+    def model_timesteps(self, t: Step, batch: int, device: torch.device | str) -> Tensor:
+        """The timesteps the network is fed for step ``t`` of this chain (training indices)."""
+        if isinstance(t, Tensor):
+            tt = t.to(device)
+            if tt.ndim == 0:
+                tt = tt.expand(batch)
+        else:
+            tt = torch.full((batch,), t, device=device, dtype=torch.float64 if isinstance(t, float) else torch.long)
+        if not self.is_respaced:
+            out = tt
+        else:
+            tmap = self._map_cache.get(torch.device(device))
+            if tmap is None:
+                tmap = torch.from_numpy(self.timestep_map).to(device)
+                self._map_cache[torch.device(device)] = tmap
+            if tt.is_floating_point():
+                lo = tt.floor().long().clamp(0, self.num_timesteps - 1)
+                hi = (lo + 1).clamp(max=self.num_timesteps - 1)
+                w = tt - lo
+                out = tmap[lo] * (1 - w) + tmap[hi] * w
+            else:
+                out = tmap[tt]
+        if self.rescale_timesteps:
+            return out.float() * (1000.0 / self.original_num_steps)
+        return out
+
+    @property
+    def is_respaced(self) -> bool:
+        """Whether this chain skips training steps (its timestep map is not the identity)."""
+        return self.num_timesteps != self.original_num_steps or not np.array_equal(
+            self.timestep_map, np.arange(self.num_timesteps)
+        )
+
+    def respace(self, use_timesteps: Iterable[int]) -> GaussianProcess:
+        """The chain that visits only ``use_timesteps`` (training indices) of this one.
+
+        Betas are rebuilt from ᾱ so that ᾱ at every kept step equals this chain's.
+        """
+        keep = sorted({int(i) for i in use_timesteps})
+        if not keep:
+            raise ValueError("use_timesteps is empty: keep at least one step")
+        if keep[0] < 0 or keep[-1] >= self.num_timesteps:
+            raise ValueError(
+                f"use_timesteps must lie in [0, {self.num_timesteps - 1}] (got {keep[0]}..{keep[-1]})"
+            )
+        return GaussianProcess.from_alphas_cumprod(
+            self.alphas_cumprod[keep],
+            timestep_map=self.timestep_map[keep],
+            original_num_steps=self.original_num_steps,
+            rescale_timesteps=self.rescale_timesteps,
+        )
+
+    # -- forward process and posterior --------------------------------------------------
+
+    def q_mean_variance(self, x0: Tensor, t: Step) -> tuple[Tensor, Coef, Coef]:
+        """Mean, variance and log-variance of q(x_t | x_0)."""
+        mean = self.coef("sqrt_alphas_cumprod", t, x0) * x0
+        var = 1.0 - self.coef("alphas_cumprod", t, x0)
+        return mean, var, self.coef("log_one_minus_alphas_cumprod", t, x0)
+
+    def q_sample(self, x0: Tensor, t: Step, noise: Tensor) -> Tensor:
+        """Draw x_t ~ q(x_t | x_0) with the given standard normal ``noise``."""
+        if noise.shape != x0.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} differs from x0 shape {tuple(x0.shape)}")
+        return self.coef("sqrt_alphas_cumprod", t, x0) * x0 + self.coef(
+            "sqrt_one_minus_alphas_cumprod", t, x0
+        ) * noise
+
+    def q_posterior_mean(self, x0: Tensor, x_t: Tensor, t: Step) -> Tensor:
+        """Mean of the posterior q(x_{t-1} | x_t, x_0)."""
+        return self.coef("posterior_mean_coef1", t, x_t) * x0 + self.coef("posterior_mean_coef2", t, x_t) * x_t
+
+    def q_posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: Step) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0), each shaped like x_t."""
+        mean = self.q_posterior_mean(x0, x_t, t)
+        var = self.coef("posterior_variance", t, x_t) * torch.ones_like(x_t)
+        log_var = self.coef("posterior_log_variance_clipped", t, x_t) * torch.ones_like(x_t)
+        return mean, var, log_var
+
+    # -- conversions between what a network can predict ---------------------------------
+
+    def _eps_coefs(self, t: Step, like: Tensor, alpha_bar: Coef | None) -> tuple[Coef, Coef]:
+        if alpha_bar is None and (isinstance(t, float) and not t.is_integer()):
+            alpha_bar = self.alpha_bar(t)
+        if alpha_bar is None and isinstance(t, Tensor) and t.is_floating_point():
+            alpha_bar = self.alpha_bar(t, like)
+        if alpha_bar is None:
+            return self.coef("sqrt_recip_alphas_cumprod", t, like), self.coef("sqrt_recipm1_alphas_cumprod", t, like)
+        if isinstance(alpha_bar, Tensor):
+            ab = alpha_bar.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+            return ab.rsqrt(), (1.0 / ab - 1.0).sqrt()
+        return float(np.sqrt(1.0 / alpha_bar)), float(np.sqrt(1.0 / alpha_bar - 1.0))
+
+    def x0_from_eps(self, x_t: Tensor, t: Step, eps: Tensor, alpha_bar: Coef | None = None) -> Tensor:
+        """x_0 = (x_t − sqrt(1 − ᾱ)·eps) / sqrt(ᾱ)."""
+        a, b = self._eps_coefs(t, x_t, alpha_bar)
+        return a * x_t - b * eps
+
+    def eps_from_x0(self, x_t: Tensor, t: Step, x0: Tensor, alpha_bar: Coef | None = None) -> Tensor:
+        """eps = (x_t − sqrt(ᾱ)·x_0) / sqrt(1 − ᾱ)."""
+        a, b = self._eps_coefs(t, x_t, alpha_bar)
+        return (a * x_t - x0) / b
+
+    def x0_from_xprev(self, x_t: Tensor, t: Step, xprev: Tensor) -> Tensor:
+        """Invert the posterior mean: x_0 = (mean − coef2·x_t) / coef1."""
+        return self.coef("recip_posterior_mean_coef1", t, x_t) * xprev - self.coef(
+            "posterior_mean_coef2_over_coef1", t, x_t
+        ) * x_t
+
+    def _v_coefs(self, t: Step, like: Tensor, alpha_bar: Coef | None) -> tuple[Coef, Coef]:
+        if alpha_bar is None and not (isinstance(t, Tensor) and t.is_floating_point()) and not (
+            isinstance(t, float) and not t.is_integer()
+        ):
+            return self.coef("sqrt_alphas_cumprod", t, like), self.coef("sqrt_one_minus_alphas_cumprod", t, like)
+        ab = self.alpha_bar(t, like) if alpha_bar is None else alpha_bar
+        if isinstance(ab, Tensor):
+            ab = ab.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+            return ab.sqrt(), (1.0 - ab).sqrt()
+        return float(np.sqrt(ab)), float(np.sqrt(1.0 - ab))
+
+    def x0_from_v(self, x_t: Tensor, t: Step, v: Tensor, alpha_bar: Coef | None = None) -> Tensor:
+        """x_0 = sqrt(ᾱ)·x_t − sqrt(1 − ᾱ)·v, for v = sqrt(ᾱ)·eps − sqrt(1 − ᾱ)·x_0."""
+        a, s = self._v_coefs(t, x_t, alpha_bar)
+        return a * x_t - s * v
+
+    def eps_from_v(self, x_t: Tensor, t: Step, v: Tensor, alpha_bar: Coef | None = None) -> Tensor:
+        """eps = sqrt(1 − ᾱ)·x_t + sqrt(ᾱ)·v."""
+        a, s = self._v_coefs(t, x_t, alpha_bar)
+        return s * x_t + a * v
+
+    def v_from_x0_eps(self, x0: Tensor, eps: Tensor, t: Step, alpha_bar: Coef | None = None) -> Tensor:
+        """v = sqrt(ᾱ)·eps − sqrt(1 − ᾱ)·x_0 (Salimans & Ho 2022)."""
+        a, s = self._v_coefs(t, x0, alpha_bar)
+        return a * eps - s * x0
+
+    def __repr__(self) -> str:
+        spaced = f", respaced from {self.original_num_steps}" if self.is_respaced else ""
+        return f"GaussianProcess(num_timesteps={self.num_timesteps}{spaced})"
