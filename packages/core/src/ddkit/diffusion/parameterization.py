@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import torch
@@ -11,7 +12,17 @@ from torch import Tensor
 from ddkit.diffusion.process import Coef, GaussianProcess, Step
 from ddkit.prediction import Prediction
 
-__all__ = ["PREDICTIONS", "VARIANCES", "GaussianParameterization", "output_channel_error"]
+__all__ = [
+    "PREDICTIONS",
+    "VARIANCES",
+    "GaussianParameterization",
+    "epsilon",
+    "output_channel_error",
+    "p_mean_variance",
+    "previous_x",
+    "v",
+    "x0",
+]
 
 #: What a network can predict for the mean: noise, clean data, the previous step's mean, or v.
 PREDICTIONS: tuple[str, ...] = ("epsilon", "x0", "previous-x", "v")
@@ -26,7 +37,9 @@ def _one_of(options: tuple[str, ...], what: str) -> Callable[[object, attrs.Attr
 
             close = difflib.get_close_matches(str(value), options, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"'{attribute.name}' must be one of {', '.join(options)} for {what} (got {value!r}){hint}")
+            raise ValueError(
+                f"'{attribute.name}' must be one of {', '.join(options)} for {what} (got {value!r}){hint}"
+            )
 
     return check
 
@@ -81,7 +94,8 @@ class GaussianParameterization:
             if output.shape[1] != want:
                 raise ValueError(output_channel_error(self, channels, output.shape[1]))
             raise ValueError(
-                f"the model output has shape {tuple(output.shape)}, which does not match x_t {tuple(x_t.shape)}"
+                f"the model output has shape {tuple(output.shape)}, which does not match x_t "
+                f"{tuple(x_t.shape)} outside the channel dimension"
             )
         if not self.learned_variance:
             return output, None
@@ -148,7 +162,9 @@ class GaussianParameterization:
             pred.variance, pred.log_variance = self.variance_of(process, var_part, t, x_t)
         return pred
 
-    def _raw_x0(self, process: GaussianProcess, mean_part: Tensor, x_t: Tensor, t: Step, alpha_bar: Coef | None) -> Tensor:
+    def _raw_x0(
+        self, process: GaussianProcess, mean_part: Tensor, x_t: Tensor, t: Step, alpha_bar: Coef | None
+    ) -> Tensor:
         if self.prediction == "epsilon":
             return process.x0_from_eps(x_t, t, mean_part, alpha_bar)
         if self.prediction == "x0":
@@ -156,7 +172,9 @@ class GaussianParameterization:
         if self.prediction == "v":
             return process.x0_from_v(x_t, t, mean_part, alpha_bar)
         if alpha_bar is not None:
-            raise ValueError("a 'previous-x' model predicts a discrete step; it cannot be read at a continuous noise level")
+            raise ValueError(
+                "a 'previous-x' model predicts a discrete step; it cannot be read at a continuous noise level"
+            )
         return process.x0_from_xprev(x_t, t, mean_part)
 
     def target(self, process: GaussianProcess, x0: Tensor, x_t: Tensor, t: Step, noise: Tensor) -> Tensor:
@@ -168,3 +186,49 @@ class GaussianParameterization:
         if self.prediction == "v":
             return process.v_from_x0_eps(x0, noise, t)
         return process.q_posterior_mean(x0, x_t, t)
+
+
+def p_mean_variance(
+    process: GaussianProcess,
+    parameterization: GaussianParameterization,
+    model_fn: Callable[..., Tensor],
+    x_t: Tensor,
+    t: Step,
+    *,
+    clip_denoised: bool | None = None,
+    denoised_fn: Callable[[Tensor], Tensor] | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> Prediction:
+    """Call the network on ``x_t`` at step ``t`` of ``process`` and read p(x_{t-1} | x_t) from it.
+
+    The network sees :meth:`GaussianProcess.model_timesteps` (training indices, rescaled if
+    the chain says so), as guided-diffusion's ``p_mean_variance`` feeds it.
+    """
+    model_t = process.model_timesteps(t, x_t.shape[0], x_t.device)
+    output = model_fn(x_t, model_t, **(model_kwargs or {}))
+    return parameterization.predict(
+        process, output, x_t, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn, posterior=True
+    )
+
+
+# -- registered factories (kind "parameterization") ---------------------------------------
+
+
+def epsilon(variance: str = "fixed-small", clip_denoised: bool = True) -> GaussianParameterization:
+    """The network predicts the added noise (Ho et al. 2020)."""
+    return GaussianParameterization("epsilon", variance, clip_denoised)
+
+
+def x0(variance: str = "fixed-small", clip_denoised: bool = True) -> GaussianParameterization:
+    """The network predicts the clean sample."""
+    return GaussianParameterization("x0", variance, clip_denoised)
+
+
+def previous_x(variance: str = "fixed-small", clip_denoised: bool = True) -> GaussianParameterization:
+    """The network predicts the mean of x_{t-1} (Ho et al. 2020's third option)."""
+    return GaussianParameterization("previous-x", variance, clip_denoised)
+
+
+def v(variance: str = "fixed-small", clip_denoised: bool = True) -> GaussianParameterization:
+    """The network predicts v = sqrt(ᾱ)·eps − sqrt(1 − ᾱ)·x_0 (Salimans & Ho 2022)."""
+    return GaussianParameterization("v", variance, clip_denoised)

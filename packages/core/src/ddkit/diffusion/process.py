@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ddkit.diffusion.respace import space_timesteps
+
 __all__ = ["Coef", "GaussianProcess", "Step", "validate_betas"]
 
 #: A step index: one Python number for the whole batch, or a tensor of shape [B].
@@ -47,15 +49,15 @@ def validate_betas(betas: Sequence[float] | np.ndarray | Tensor) -> np.ndarray:
     """Return ``betas`` as a float64 array, or raise ``ValueError`` saying what is wrong."""
     if isinstance(betas, Tensor):
         betas = betas.detach().cpu().double().numpy()
-    arr = np.asarray(betas, dtype=np.float64)
+    arr = np.array(betas, dtype=np.float64)  # a copy: the caller may change theirs
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"betas must be a non-empty 1-D sequence (got shape {arr.shape})")
     bad = ~((arr > 0) & (arr <= 1))
     if bad.any():
         i = int(np.argmax(bad))
         raise ValueError(
-            f"every beta must lie in (0, 1] (betas[{i}] = {arr[i]!r}); a schedule with a zero or "
-            "negative beta adds no noise at that step, and one above 1 is not a variance"
+            f"every beta must lie in (0, 1] (got betas[{i}] = {float(arr[i])!r}); a zero or negative beta "
+            "adds no noise at its step and one above 1 is not a variance: fix the schedule's parameters"
         )
     return arr
 
@@ -142,6 +144,7 @@ class GaussianProcess:
         for name, value in tables.items():
             setattr(self, name, value)
         self._cache: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
+        self._floats: dict[str, list[float]] = {}
         self._map_cache: dict[torch.device, Tensor] = {}
 
     @classmethod
@@ -165,8 +168,21 @@ class GaussianProcess:
             self._cache[key] = cached
         return cached
 
+    def _float_table(self, name: str) -> list[float]:
+        if name not in _TABLES:
+            raise KeyError(f"unknown table {name!r}; tables are: {', '.join(_TABLES)}")
+        floats: list[float] = getattr(self, name).tolist()
+        self._floats[name] = floats
+        return floats
+
     def coef(self, name: str, t: Step, like: Tensor) -> Coef:
-        """Table ``name`` at step ``t``: a float for a shared step, else a tensor shaped [B, 1, ...]."""
+        """Table ``name`` at step ``t``: a float for a shared step, else a tensor shaped [B, 1, ...].
+
+        The shared-step path (a Python int) is a list lookup: samplers call it in hot loops.
+        """
+        if type(t) is int:
+            floats = self._floats.get(name)
+            return (floats if floats is not None else self._float_table(name))[t]
         if isinstance(t, Tensor):
             if t.is_floating_point():
                 raise TypeError("a fractional step has no table entry; pass alpha_bar explicitly")
@@ -174,10 +190,14 @@ class GaussianProcess:
             return values.reshape(-1, *([1] * (like.ndim - 1)))
         if isinstance(t, float) and not t.is_integer():
             raise TypeError("a fractional step has no table entry; pass alpha_bar explicitly")
-        return float(getattr(self, name)[int(t)])
+        floats = self._floats.get(name)
+        return (floats if floats is not None else self._float_table(name))[int(t)]
 
     def alpha_bar(self, t: Step, like: Tensor | None = None) -> Coef:
         """ᾱ at step ``t`` of this chain; fractional steps interpolate log ᾱ linearly."""
+        if type(t) is int:  # the samplers' hot path: a list lookup
+            floats = self._floats.get("alphas_cumprod")
+            return (floats if floats is not None else self._float_table("alphas_cumprod"))[t]
         if isinstance(t, Tensor):
             ref = like if like is not None else t.double()
             if not t.is_floating_point():
@@ -187,16 +207,18 @@ class GaussianProcess:
             lo = tf.floor().long()
             hi = (lo + 1).clamp(max=self.num_timesteps - 1)
             w = tf - lo
-            ab = torch.exp(log_ac[lo] * (1 - w) + log_ac[hi] * w).to(ref.dtype)
-            return ab.reshape(-1, *([1] * (ref.ndim - 1)))
-        tf = float(t)
-        lo_i = int(np.floor(tf))
-        if lo_i == tf:
+            # At a grid point take the table itself (log ᾱ is -inf where a schedule ends at ᾱ = 0).
+            ab = torch.where(w == 0, log_ac[lo].exp(), torch.exp(log_ac[lo] * (1 - w) + log_ac[hi] * w))
+            return ab.to(ref.dtype).reshape(-1, *([1] * (ref.ndim - 1)))
+        step = float(t)
+        lo_i = int(np.floor(step))
+        if lo_i == step:
             return float(self.alphas_cumprod[lo_i])
         hi_i = min(lo_i + 1, self.num_timesteps - 1)
-        w = tf - lo_i
-        log_ac = np.log(self.alphas_cumprod)
-        return float(np.exp(log_ac[lo_i] * (1 - w) + log_ac[hi_i] * w))
+        frac = step - lo_i
+        with np.errstate(divide="ignore"):
+            log_lo, log_hi = np.log(self.alphas_cumprod[lo_i]), np.log(self.alphas_cumprod[hi_i])
+        return float(np.exp(log_lo * (1 - frac) + log_hi * frac))
 
     def model_timesteps(self, t: Step, batch: int, device: torch.device | str) -> Tensor:
         """The timesteps the network is fed for step ``t`` of this chain (training indices)."""
@@ -205,7 +227,9 @@ class GaussianProcess:
             if tt.ndim == 0:
                 tt = tt.expand(batch)
         else:
-            tt = torch.full((batch,), t, device=device, dtype=torch.float64 if isinstance(t, float) else torch.long)
+            tt = torch.full(
+                (batch,), t, device=device, dtype=torch.float64 if isinstance(t, float) else torch.long
+            )
         if not self.is_respaced:
             out = tt
         else:
@@ -230,6 +254,18 @@ class GaussianProcess:
         return self.num_timesteps != self.original_num_steps or not np.array_equal(
             self.timestep_map, np.arange(self.num_timesteps)
         )
+
+    def respaced(self, sections: str) -> GaussianProcess:
+        """The chain keeping the steps a section string selects: ``"ddim25"``, ``"250"``, ``"10,15,20"``.
+
+        See :func:`ddkit.diffusion.respace.space_timesteps`; :meth:`respace` takes explicit steps.
+        """
+        if not isinstance(sections, str):
+            raise TypeError(
+                f"respaced() takes a section string such as 'ddim25' or '10,15,20' (got {sections!r}); "
+                "pass explicit steps to respace() instead"
+            )
+        return self.respace(space_timesteps(self.num_timesteps, sections))
 
     def respace(self, use_timesteps: Iterable[int]) -> GaussianProcess:
         """The chain that visits only ``use_timesteps`` (training indices) of this one.
@@ -262,13 +298,16 @@ class GaussianProcess:
         """Draw x_t ~ q(x_t | x_0) with the given standard normal ``noise``."""
         if noise.shape != x0.shape:
             raise ValueError(f"noise shape {tuple(noise.shape)} differs from x0 shape {tuple(x0.shape)}")
-        return self.coef("sqrt_alphas_cumprod", t, x0) * x0 + self.coef(
-            "sqrt_one_minus_alphas_cumprod", t, x0
-        ) * noise
+        return (
+            self.coef("sqrt_alphas_cumprod", t, x0) * x0
+            + self.coef("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+        )
 
     def q_posterior_mean(self, x0: Tensor, x_t: Tensor, t: Step) -> Tensor:
         """Mean of the posterior q(x_{t-1} | x_t, x_0)."""
-        return self.coef("posterior_mean_coef1", t, x_t) * x0 + self.coef("posterior_mean_coef2", t, x_t) * x_t
+        return (
+            self.coef("posterior_mean_coef1", t, x_t) * x0 + self.coef("posterior_mean_coef2", t, x_t) * x_t
+        )
 
     def q_posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: Step) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0), each shaped like x_t."""
@@ -285,7 +324,9 @@ class GaussianProcess:
         if alpha_bar is None and isinstance(t, Tensor) and t.is_floating_point():
             alpha_bar = self.alpha_bar(t, like)
         if alpha_bar is None:
-            return self.coef("sqrt_recip_alphas_cumprod", t, like), self.coef("sqrt_recipm1_alphas_cumprod", t, like)
+            return self.coef("sqrt_recip_alphas_cumprod", t, like), self.coef(
+                "sqrt_recipm1_alphas_cumprod", t, like
+            )
         if isinstance(alpha_bar, Tensor):
             ab = alpha_bar.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
             return ab.rsqrt(), (1.0 / ab - 1.0).sqrt()
@@ -303,15 +344,20 @@ class GaussianProcess:
 
     def x0_from_xprev(self, x_t: Tensor, t: Step, xprev: Tensor) -> Tensor:
         """Invert the posterior mean: x_0 = (mean − coef2·x_t) / coef1."""
-        return self.coef("recip_posterior_mean_coef1", t, x_t) * xprev - self.coef(
-            "posterior_mean_coef2_over_coef1", t, x_t
-        ) * x_t
+        return (
+            self.coef("recip_posterior_mean_coef1", t, x_t) * xprev
+            - self.coef("posterior_mean_coef2_over_coef1", t, x_t) * x_t
+        )
 
     def _v_coefs(self, t: Step, like: Tensor, alpha_bar: Coef | None) -> tuple[Coef, Coef]:
-        if alpha_bar is None and not (isinstance(t, Tensor) and t.is_floating_point()) and not (
-            isinstance(t, float) and not t.is_integer()
+        if (
+            alpha_bar is None
+            and not (isinstance(t, Tensor) and t.is_floating_point())
+            and not (isinstance(t, float) and not t.is_integer())
         ):
-            return self.coef("sqrt_alphas_cumprod", t, like), self.coef("sqrt_one_minus_alphas_cumprod", t, like)
+            return self.coef("sqrt_alphas_cumprod", t, like), self.coef(
+                "sqrt_one_minus_alphas_cumprod", t, like
+            )
         ab = self.alpha_bar(t, like) if alpha_bar is None else alpha_bar
         if isinstance(ab, Tensor):
             ab = ab.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
