@@ -1,0 +1,154 @@
+"""nox sessions for the ddkit monorepo. ``nox -s ci`` runs every session in order, as CI does.
+
+Each session gets a fresh virtual environment (``-r`` reuses them locally) with ``torch`` pinned
+explicitly, so an unpinned resolve can never pull a multi-GB CUDA build. The find-links folder
+holding the CPU torch wheel is ``$DDKIT_TORCH_FIND_LINKS``, else ``/opt/wheels`` when it exists.
+
+The per-package sessions install that package and core only, from real (non-editable)
+installs, so entry points come from installed metadata and a hidden dependency on a sibling
+package fails there. pytest exiting 5 (no tests collected) fails a session like any error.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "uv"
+nox.options.sessions = ["lint", "types", "tests"]  # plain `nox`; `nox -s ci` runs everything
+
+ROOT = Path(__file__).parent
+TORCH = "torch==2.13.0"
+#: Local package folder -> distribution name.
+PACKAGES = {
+    "core": "ddkit-core",
+    "samplers": "ddkit-samplers",
+    "models": "ddkit-models",
+    "guidance": "ddkit-guidance",
+}
+DEV = ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100"]
+LINT = ["ruff==0.17.6", "import-linter==2.16"]
+TYPES = ["mypy==2.4.1"]
+#: Parity references: guided-diffusion-sdk is installed with --no-deps (its pins would move torch).
+PARITY = ["diffusers"]
+PARITY_NO_DEPS = ["guided-diffusion-sdk"]
+
+#: What `nox -s ci` runs, in order. Add new sessions (demo, bench, docs) here.
+CI_SESSIONS = [
+    "lint",
+    "types",
+    *(f"tests-{package}" for package in PACKAGES),
+    "tests",
+    "parity",
+    # "demo", "bench", "docs": added with their sessions.
+]
+
+
+def find_links() -> list[str]:
+    """``--find-links FOLDER`` for the pinned torch wheel, or nothing when there is no such folder."""
+    folder = os.environ.get("DDKIT_TORCH_FIND_LINKS")
+    if folder is None:
+        folder = "/opt/wheels" if Path("/opt/wheels").is_dir() else ""
+    return ["--find-links", folder] if folder else []
+
+
+def install(
+    session: nox.Session, *packages: str, editable: bool = False, extra: list[str] | None = None
+) -> None:
+    """Install pinned torch, core, the given local ``packages`` and ``extra`` requirements in one resolve."""
+    local = ["core", *(p for p in packages if p != "core")]
+    targets: list[str] = []
+    for package in local:
+        targets += ["-e", f"packages/{package}"] if editable else [f"packages/{package}"]
+    # uv would keep an already-installed local package even when its sources changed.
+    reinstall = [arg for p in local for arg in ("--reinstall-package", PACKAGES[p])]
+    if session.venv_backend != "uv":
+        reinstall = []
+    session.install(*find_links(), TORCH, *targets, *reinstall, *(extra or []))
+
+
+def pytest(session: nox.Session, *args: str) -> None:
+    session.run("pytest", *args, *session.posargs)
+
+
+def _package_session(package: str) -> None:
+    def run(session: nox.Session) -> None:
+        install(session, package, extra=DEV)
+        pytest(session, f"packages/{package}/tests")
+
+    others = "" if package == "core" else " and ddkit-core"
+    run.__doc__ = f"packages/{package}/tests, with only {PACKAGES[package]}{others} installed."
+    nox.session(name=f"tests-{package}")(run)
+
+
+for _package in PACKAGES:
+    _package_session(_package)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The cross-package tests in tests/ (parity excluded), with every package installed."""
+    install(session, *PACKAGES, extra=[*DEV, "uv"])
+    pytest(session, "tests", "--ignore=tests/parity")
+
+
+@nox.session
+def parity(session: nox.Session) -> None:
+    """tests/parity: numbers compared against guided-diffusion-sdk and diffusers."""
+    if not any((ROOT / "tests" / "parity").rglob("test_*.py")):
+        session.skip("tests/parity has no test_*.py yet")
+    install(session, *PACKAGES, extra=[*DEV, *PARITY])
+    session.install("--no-deps", *PARITY_NO_DEPS)
+    pytest(session, "tests/parity")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check, ruff format --check, and the import-linter contracts."""
+    install(session, *PACKAGES, editable=True, extra=LINT)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports")
+
+
+@nox.session
+def types(session: nox.Session) -> None:
+    """mypy --strict over every package's sources (settings in the root pyproject.toml)."""
+    install(session, *PACKAGES, editable=True, extra=[*TYPES, *DEV])
+    session.run("mypy")
+
+
+# -- add demo, bench and docs sessions above this line, and to CI_SESSIONS ---------------------
+
+
+@nox.session(python=False)
+def ci(session: nox.Session) -> None:
+    """Every session in CI_SESSIONS, one after another, then a table of how long each took.
+
+    All sessions run even when one fails, so one CI run reports every failure. Arguments
+    after ``--`` go to each inner nox (e.g. ``nox -s ci -- -r`` to reuse environments).
+    """
+    results: list[tuple[str, int, float]] = []
+    for name in CI_SESSIONS:
+        start = time.monotonic()
+        command = [sys.executable, "-m", "nox", "-f", str(ROOT / "noxfile.py"), "-s", name, *session.posargs]
+        print(f"\n=== nox -s {name}", flush=True)
+        code = subprocess.call(command, cwd=ROOT)
+        results.append((name, code, time.monotonic() - start))
+        print(
+            f"=== {name}: {'ok' if code == 0 else f'FAILED (exit {code})'} in {results[-1][2]:.0f} s",
+            flush=True,
+        )
+    width = max(len(name) for name in CI_SESSIONS)
+    print("\nsession times:")
+    for name, code, seconds in results:
+        print(f"  {name.ljust(width)}  {'ok    ' if code == 0 else 'FAILED'}  {seconds:7.1f} s")
+    print(f"  {'total'.ljust(width)}          {sum(r[2] for r in results):7.1f} s", flush=True)
+    failed = [name for name, code, _ in results if code != 0]
+    if failed:
+        session.error(f"failed sessions: {', '.join(failed)}")

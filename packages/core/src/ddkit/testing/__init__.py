@@ -1,0 +1,23 @@
+"""Helpers for testing plugins without installing them: fresh registries and fake distributions.
+
+Everything here works in-process::
+
+    from ddkit import Record
+    from ddkit.testing import fake_plugin, fresh_registry
+
+    with fresh_registry() as registry:  # core's built-ins only, nothing installed leaks in
+        registry.register(fake_plugin(sampler=[Record("toy", Toy, "A toy.")]), distribution="toy")
+        ddkit.create("sampler", "toy")
+
+Under pytest the fixtures ``ddkit_registry`` and ``ddkit_site`` come from
+:mod:`ddkit.testing.pytest_plugin` (enable it with ``-p ddkit.testing.pytest_plugin``).
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+from ddkit.testing._registry import fake_plugin, fresh_registry
+from ddkit.testing._site import FakeSite
+
+__all__ = ["FakeSite", "fake_plugin", "fresh_registry"]
