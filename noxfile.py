@@ -45,7 +45,8 @@ CI_SESSIONS = [
     *(f"tests-{package}" for package in PACKAGES),
     "tests",
     "parity",
-    # "demo", "bench", "docs": added with their sessions.
+    "docs",
+    # "demo", "bench": added with their sessions.
 ]
 
 
@@ -121,6 +122,47 @@ def types(session: nox.Session) -> None:
     """mypy --strict over every package's sources (settings in the root pyproject.toml)."""
     install(session, *PACKAGES, editable=True, extra=[*TYPES, *DEV])
     session.run("mypy")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job: train a class-conditional model on built-in shapes, sample with guidance.
+
+    ``nox -s demo -- --fast`` runs the short CI-sized version; other arguments go to ``ddkit demo``.
+    """
+    install(session, *PACKAGES)
+    session.run("ddkit", "demo", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Every benchmark in bench/ beside the references; writes BENCHMARKS.md (not CI: ~20 min on 2 cores).
+
+    References: guided-diffusion-sdk (``--no-deps``) and diffusers. k-diffusion is left out: it
+    resolves beside torch 2.13.0, but the torchvision it pulls is a CUDA build that fails to
+    import against the CPU torch ("operator torchvision::nms does not exist"), and so does
+    ``import k_diffusion``. GPU tables come from bench/results/gpu/*.json (``bench/gpu_suite.py``).
+    Arguments after ``--`` go to bench/report.py: ``-- --quick`` (smoke run), ``-- --no-run``.
+    """
+    install(session, *PACKAGES, extra=[*PARITY, "matplotlib"])
+    session.install("--no-deps", *PARITY_NO_DEPS)
+    command = " ".join(["nox -s bench", *(["--", *session.posargs] if session.posargs else [])])
+    session.run("python", "bench/report.py", "--command", command, *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation with ``mkdocs build --strict`` (any warning fails) into site/.
+
+    The catalogue pages are generated from the registry at build time (docs/hooks.py), so every
+    package is installed. ``nox -s docs -- serve`` runs ``mkdocs serve`` instead.
+    """
+    install(session, *PACKAGES, extra=["mkdocs-material>=9.5,<10", "mkdocstrings[python]>=0.26"])
+    env = {"NO_MKDOCS_2_WARNING": "1"}
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", *session.posargs[1:], env=env)
+    else:
+        session.run("mkdocs", "build", "--strict", *session.posargs, env=env)
 
 
 # -- add demo, bench and docs sessions above this line, and to CI_SESSIONS ---------------------
