@@ -43,6 +43,7 @@ CI_SESSIONS = [
     "lint",
     "types",
     *(f"tests-{package}" for package in PACKAGES),
+    "tests-example",
     "tests",
     "parity",
     "docs",
@@ -94,7 +95,8 @@ for _package in PACKAGES:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The cross-package tests in tests/ (parity excluded), with every package installed."""
-    install(session, *PACKAGES, extra=[*DEV, "uv"])
+    # diffusers runs the third-party example's parity cases against UniPCMultistepScheduler.
+    install(session, *PACKAGES, extra=[*DEV, "uv", *PARITY])
     pytest(session, "tests", "--ignore=tests/parity")
 
 
@@ -122,6 +124,14 @@ def types(session: nox.Session) -> None:
     """mypy --strict over every package's sources (settings in the root pyproject.toml)."""
     install(session, *PACKAGES, editable=True, extra=[*TYPES, *DEV])
     session.run("mypy")
+
+
+@nox.session(name="tests-example")
+def tests_example(session: nox.Session) -> None:
+    """examples/ddkit-sampler-example/tests, with only ddkit-core and the example installed."""
+    example = "examples/ddkit-sampler-example"
+    install(session, extra=[*DEV, example, "--reinstall-package", "ddkit-sampler-example"])
+    pytest(session, f"{example}/tests")
 
 
 @nox.session

@@ -93,7 +93,9 @@ class Denoiser:
         self.conditioning = dict(conditioning or {})
         self.clip_denoised = parameterization.clip_denoised if clip_denoised is None else clip_denoised
         self.denoised_fn = denoised_fn
-        self.forms = tuple(forms) if forms is not None else tuple(choose_form(g, sampler_forms) for g in self.guidances)
+        if forms is None:
+            forms = tuple(choose_form(g, sampler_forms) for g in self.guidances)
+        self.forms = tuple(forms)
         self.nfe = 0
         spec = model_spec(model)
         guided: ModelFn = model
@@ -153,7 +155,8 @@ class Denoiser:
         if self._score_guidances:
             pred = self._guide_score(pred, x, t, model_t, alpha_bar, posterior)
         if self._mean_guidances and posterior:
-            assert pred.mean is not None and pred.variance is not None
+            assert pred.mean is not None
+            assert pred.variance is not None
             mean = pred.mean.float()
             for g in self._mean_guidances:
                 mean = mean + pred.variance * g.gradient(x, model_t, **self.conditioning).float()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from torch import Tensor
 
@@ -29,6 +30,6 @@ class Prediction:
     variance: Tensor | None = None
     log_variance: Tensor | None = None
 
-    def replace(self, **changes: Tensor | None) -> Prediction:
+    def replace(self, **changes: Any) -> Prediction:
         """A copy with some fields changed (guidance uses this)."""
         return replace(self, **changes)

@@ -39,6 +39,8 @@ class Record:
     def _check_factory(self, attribute: attrs.Attribute[Any], value: object) -> None:
         if isinstance(value, str):
             if value.count(":") != 1 or not all(value.split(":")):
-                raise ValueError(f"a string factory must look like 'package.module:attribute' (got {value!r})")
+                raise ValueError(
+                    f"a string factory must look like 'package.module:attribute' (got {value!r})"
+                )
         elif not callable(value):
             raise TypeError(f"factory must be callable or a 'module:attribute' string (got {value!r})")

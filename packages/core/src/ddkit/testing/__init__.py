@@ -17,7 +17,21 @@ Under pytest the fixtures ``ddkit_registry`` and ``ddkit_site`` come from
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ddkit.testing._registry import fake_plugin, fresh_registry
 from ddkit.testing._site import FakeSite
 
-__all__ = ["FakeSite", "fake_plugin", "fresh_registry"]
+if TYPE_CHECKING:
+    from ddkit.testing.sampler_conformance import AnalyticGaussian, SamplerConformance
+
+__all__ = ["AnalyticGaussian", "FakeSite", "SamplerConformance", "fake_plugin", "fresh_registry"]
+
+
+def __getattr__(name: str) -> Any:
+    # The conformance kit imports pytest: load it only when asked for.
+    if name in ("AnalyticGaussian", "SamplerConformance"):
+        from ddkit.testing import sampler_conformance
+
+        return getattr(sampler_conformance, name)
+    raise AttributeError(f"module 'ddkit.testing' has no attribute {name!r}")
