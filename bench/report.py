@@ -1,0 +1,705 @@
+"""Run the benchmarks and write BENCHMARKS.md: tables and plots, each with its machine, command and date.
+
+    python bench/report.py                 # run every CPU benchmark afresh, then render
+    python bench/report.py --no-run        # render from bench/results/cpu/*.json as they are
+    python bench/report.py --quick --results /tmp/r --out /tmp/B.md   # smoke test of the whole path
+
+CPU figures come from ``bench/results/cpu/*.json`` (written by :mod:`run_all` unless
+``--no-run``); GPU figures from ``bench/results/gpu/*.json`` when present (written on a CUDA
+machine by ``bench/gpu_suite.py``; when and where they were measured is read from them).
+Figures that depend on the machine are shown as ratios to the reference measured in the
+same run. Nothing in BENCHMARKS.md is typed by hand: edit this file and rerun instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run_all import BENCH, ROOT, machine_info, now, run_all
+
+Envelope = dict[str, Any]
+
+#: Targets of issue 11: (what, target text, test on the measured value).
+TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "sampler_overhead": ("≤ 0.3× diffusers", lambda v: v <= 0.3),
+    "unet_throughput": ("≥ 1.25× guided-diffusion (CPU)", lambda v: v >= 1.25),
+    "import_cost": ("≤ 1.3× `import torch`", lambda v: v <= 1.3),
+    "train_step": ("> 1× guided-diffusion", lambda v: v > 1.0),
+}
+
+
+# -- small formatting helpers --------------------------------------------------------------
+
+
+def fmt(value: Any, digits: int = 2, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf"
+        return f"{value:.{digits}f}{unit}"
+    return f"{value}{unit}"
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str] | None = None) -> str:
+    align = align or ["---"] + ["---:"] * (len(header) - 1)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_line(machine: dict[str, Any], gpu: dict[str, Any] | None = None) -> str:
+    packages = machine.get("packages", {})
+    parts = [
+        f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores usable",
+        machine.get("os", ""),
+        f"Python {machine.get('python', '?')}",
+        f"torch {(gpu or {}).get('torch') or packages.get('torch', '?')}",
+    ]
+    if gpu and gpu.get("gpu"):
+        parts.insert(
+            0, f"**{gpu['gpu']}** ({gpu.get('gpu_memory_gib', '?')} GiB, CUDA {gpu.get('cuda', '?')})"
+        )
+    load = machine.get("load_avg_1_5_15")
+    if load:
+        parts.append(f"load average {load[0]:.1f} at start")
+    return ", ".join(p for p in parts if p)
+
+
+def provenance(env: Envelope) -> str:
+    """One line under each table: the command, when, how long, and on what."""
+    gpu = env.get("machine", {}).get("gpu")
+    bits = [f"`{env.get('command') or env.get('script')}`", env.get("date", "?")]
+    if env.get("wall_s") is not None:
+        bits.append(f"{env['wall_s']:.0f} s")
+    bits.append(machine_line(env.get("machine", {}), gpu))
+    line = "<sub>Measured by " + " · ".join(bits) + "</sub>"
+    if env.get("quick"):
+        line += "\n\n> **Quick (smoke) run: these numbers are not meaningful.**"
+    for note in env.get("adapted", []):
+        line += f"\n\n> Runner note: {note}."
+    return line
+
+
+def not_measured(env: Envelope | None, what: str) -> str:
+    if env is None:
+        return f"_Not measured: no result file for {what}._"
+    reason = env.get("error") or env.get("status")
+    return f"_Not measured ({env.get('status')}): {reason}._" + (
+        f"\n\n<sub>Command: `{env['command']}`</sub>" if env.get("command") else ""
+    )
+
+
+def find_ratios(obj: Any, prefix: str = "") -> dict[str, float]:
+    """Every number whose key mentions 'ratio', with its dotted path (for results of unknown shape)."""
+    found: dict[str, float] = {}
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if (
+                "ratio" in str(key).lower()
+                and isinstance(value, (int, float))
+                and not isinstance(value, bool)
+            ):
+                found[path] = float(value)
+            elif isinstance(value, dict):
+                found.update(find_ratios(value, path))
+    return found
+
+
+def generic(result: Any) -> str:
+    """A result of a shape this report does not know: its Markdown if it gives one, else its rows/values."""
+    if isinstance(result, dict) and isinstance(result.get("markdown"), str):
+        return str(result["markdown"])
+    out = []
+    rows = result.get("rows") if isinstance(result, dict) else None
+    if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
+        keys: list[str] = []
+        for r in rows:
+            keys += [k for k in r if k not in keys and not isinstance(r[k], dict | list)]
+        out.append(table(keys, ([fmt(r.get(k), 3) for k in keys] for r in rows)))
+    if isinstance(result, dict):
+        scalars = {
+            k: v for k, v in result.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+        }
+        if scalars:
+            out.append(
+                table(["field", "value"], ([f"`{k}`", fmt(v, 3)] for k, v in scalars.items()), ["---", "---"])
+            )
+        nested = {k: v for k, v in result.items() if isinstance(v, dict)}
+        for key, value in nested.items():
+            flat = {k: v for k, v in value.items() if not isinstance(v, dict | list)}
+            if flat:
+                out.append(f"**{key}**\n\n" + table(list(flat), [[fmt(v, 3) for v in flat.values()]]))
+    return "\n\n".join(out) if out else f"```json\n{json.dumps(result, indent=2)[:3000]}\n```"
+
+
+# -- one renderer per benchmark: (markdown, headline ratio or None) ------------------------
+
+
+def render_sampler_overhead(r: dict[str, Any], files: Path, out_dir: Path) -> tuple[str, float | None]:
+    rows = r["rows"]
+    body = [
+        f"Framework overhead per model evaluation, µs (batch {r.get('shape')}, {r.get('steps')} steps, "
+        f"{r.get('threads', 1)} thread, median of {r.get('reps')} interleaved runs, the near-free "
+        f"model's own {fmt(r.get('model_call_us'), 1)} µs subtracted). Lower is better; the ratio is "
+        "the figure that travels between machines.",
+        "",
+        table(
+            [
+                "sampler",
+                "ddkit",
+                "guided-diffusion",
+                "diffusers",
+                "ddkit / diffusers",
+                "ddkit / guided-diffusion",
+            ],
+            (
+                [
+                    x["sampler"],
+                    fmt(x.get("ddkit"), 0),
+                    fmt(x.get("guided-diffusion"), 0),
+                    fmt(x.get("diffusers"), 0),
+                    fmt(x.get("ratio_ddkit_diffusers"), 2, "×"),
+                    fmt(x.get("ratio_ddkit_guided"), 2, "×"),
+                ]
+                for x in rows
+            ),
+        ),
+    ]
+    png = files / "sampler_overhead.png"
+    if _bar_plot(rows, png):
+        body += ["", f"![sampler overhead]({_rel(png, out_dir)})"]
+    ratios = [x["ratio_ddkit_diffusers"] for x in rows if x.get("ratio_ddkit_diffusers") is not None]
+    return "\n".join(body), max(ratios) if ratios else None
+
+
+def _bar_plot(rows: list[dict[str, Any]], png: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    frameworks = ("ddkit", "guided-diffusion", "diffusers")
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.27
+    for i, fw in enumerate(frameworks):
+        xs = [j + (i - 1) * width for j, row in enumerate(rows) if row.get(fw) is not None]
+        ys = [row[fw] for row in rows if row.get(fw) is not None]
+        ax.bar(xs, ys, width, label=fw)
+    ax.set_xticks(range(len(rows)), [row["sampler"] for row in rows])
+    ax.set_ylabel("µs overhead per model evaluation")
+    ax.set_title("Sampling-loop overhead per step (lower is better)")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def render_import_cost(r: dict[str, Any], files: Path, out_dir: Path) -> tuple[str, float | None]:
+    rows = r["rows"]
+    text = f"Fresh interpreters, interleaved, median of {r.get('repeats')} each.\n\n" + table(
+        ["command", "median wall time (s)", "ratio to `import torch`"],
+        ([f"`{x['command']}`", fmt(x["median_s"], 3), fmt(x["ratio_to_torch"], 2, "×")] for x in rows),
+    )
+    plugins = [x for x in rows if "plugins" in x["command"]]
+    return text, plugins[0]["ratio_to_torch"] if plugins else None
+
+
+def render_quality(r: dict[str, Any], files: Path, out_dir: Path) -> tuple[str, float | None]:
+    results = r.get("results", [])
+    nfes = sorted({x["target_nfe"] for x in results})
+    keys: list[tuple[str, str]] = []
+    for x in results:
+        if (x["framework"], x["sampler"]) not in keys:
+            keys.append((x["framework"], x["sampler"]))
+    by = {(x["framework"], x["sampler"], x["target_nfe"]): x for x in results}
+    rows = []
+    for fw, name in keys:
+        cells = []
+        for n in nfes:
+            hit = by.get((fw, name, n))
+            cells.append(
+                "—" if hit is None else fmt(hit["sw"], 3) + ("" if hit["nfe"] == n else f" ({hit['nfe']})")
+            )
+        rows.append([fw, name, *cells])
+    text = [
+        f"Sliced Wasserstein distance to the true distribution (lower is better; {r.get('samples')} samples, "
+        f"{r.get('schedule')} schedule; the floor, two independent data draws, is {fmt(r.get('floor'), 4)}). "
+        "Columns are the model-evaluation budget; a number in brackets is the NFE actually used where a "
+        "sampler cannot hit the budget exactly.",
+        "",
+        table(
+            ["framework", "sampler", *(f"NFE {n}" for n in nfes)], rows, ["---", "---"] + ["---:"] * len(nfes)
+        ),
+    ]
+    png = files / "quality_vs_nfe.png"
+    if png.exists():
+        text += ["", f"![sample quality against NFE]({_rel(png, out_dir)})"]
+    return "\n".join(text), None
+
+
+def render_guidance(r: dict[str, Any], files: Path, out_dir: Path) -> tuple[str, float | None]:
+    by = {(x["method"], x["scale"]): x for x in r["rows"]}
+    scales = sorted({x["scale"] for x in r["rows"]})
+    rows = []
+    for s in scales:
+        cells: list[str] = [fmt(s, 1)]
+        for method in ("classifier-free", "classifier"):
+            x = by.get((method, s))
+            cells += ["—", "—"] if x is None else [fmt(x["accuracy"], 3), fmt(x["sliced_w2"], 4)]
+        rows.append(cells)
+    text = [
+        f"Toy `{r['toy']}` {r['toy_params']} ({r['num_classes']} overlapping classes). A class-conditional "
+        f"`mlp` trained {r['train_steps']} steps with ddkit.Trainer (condition dropout 0.15); samples by "
+        f"{r['sampler']}, {r['samples']} per scale for balanced labels from one x_T. Classifier-free "
+        "guidance uses the conditional network; classifier guidance steers the same network with its "
+        "null label (unconditional) by a noisy-data classifier, so both are unconditional at 0 and "
+        "conditional at 1. "
+        f"Accuracy is judged by a clean-data classifier (its accuracy on true data: "
+        f"{fmt(r['clean_classifier_accuracy'], 3)}; the Bayes classifier's: {fmt(r['bayes_accuracy'], 3)}, "
+        "which is what exact conditional sampling scores). Sliced W2 is to the true (unguided) distribution; "
+        f"two true draws differ by {fmt(r['true_data_sliced_w2'], 4)}.",
+        "",
+        table(
+            [
+                "scale",
+                "CFG accuracy",
+                "CFG sliced W2",
+                "classifier-guidance accuracy",
+                "classifier-guidance sliced W2",
+            ],
+            rows,
+        ),
+    ]
+    png = files / "guidance_accuracy.png"
+    if png.exists():
+        text += ["", f"![guidance accuracy against scale]({_rel(png, out_dir)})"]
+    head = {}
+    for s in (1.0, 3.0):
+        for method, short in (("classifier-free", "CFG"), ("classifier", "classifier guidance")):
+            if (method, s) in by:
+                head[f"{short} at scale {s:g}"] = by[(method, s)]["accuracy"]
+    return "\n".join(text), head
+
+
+def render_attention(r: dict[str, Any], files: Path, out_dir: Path) -> tuple[str, float | None]:
+    model = r.get("model", {})
+    rows = []
+    method = None
+    for x in r["rows"]:
+        if x.get("status") != "ok":
+            rows.append([x["backend"], f"{x.get('status')}: {x.get('reason', '')}", "", "", ""])
+            continue
+        method = x.get("method", method)
+        rows.append(
+            [
+                x["backend"],
+                fmt(x["peak_mib"], 1),
+                fmt(x.get("peak_ratio_to_sdpa"), 2, "×"),
+                fmt(x["seconds_per_step"] * 1e3, 1),
+                fmt(x.get("time_ratio_to_sdpa"), 2, "×"),
+            ]
+        )
+    text = (
+        f"`adm-unet` at 64×64, num_channels {model.get('num_channels')}, num_res_blocks "
+        f"{model.get('num_res_blocks')}, attention at {model.get('attention_resolutions')} (head channels "
+        f"{model.get('num_head_channels')}); batch {r.get('batch')}, {r.get('sampler')}, {r.get('dtype')}, "
+        f"device {r.get('device')}; each backend in a fresh process. Memory: {method}.\n\n"
+        + table(
+            [
+                "attention backend",
+                "peak memory of sampling (MiB)",
+                "ratio to sdpa",
+                "time per step (ms)",
+                "ratio to sdpa",
+            ],
+            rows,
+        )
+    )
+    ok = {x["backend"]: x for x in r["rows"] if x.get("status") == "ok"}
+    head = {
+        f"{b} / sdpa": x["peak_ratio_to_sdpa"]
+        for b, x in ok.items()
+        if b != "sdpa" and x.get("peak_ratio_to_sdpa")
+    }
+    return text, head
+
+
+def render_train_step(r: dict[str, Any], files: Path, out_dir: Path) -> tuple[str, float | None]:
+    net = r.get("network", {})
+    dd, gd = r.get("ddkit", {}), r.get("guided_diffusion", {})
+
+    def cells(name: str, x: dict[str, Any]) -> list[str]:
+        spp = fmt(x.get("samples_per_sec"), 2)
+        return [name, fmt(x.get("sec_per_step"), 3), fmt(x.get("steps_per_sec"), 3), spp]
+
+    text = (
+        f"One full step (forward, loss, backward, optimizer, EMA, resampler) on the same `adm-unet` "
+        f"({fmt(net.get('parameters'))} parameters, {net.get('image_size')}×{net.get('image_size')}, "
+        f"num_channels {net.get('num_channels')}), batch {r.get('batch_size')}, {r.get('device')}, precision "
+        f"{r.get('precision')} (guided-diffusion: {gd.get('precision', '?')}), median of {r.get('rounds')} "
+        "alternating rounds.\n\n"
+        + table(
+            ["trainer", "s / step", "steps / s", "samples / s"],
+            [
+                cells("ddkit.Trainer", dd),
+                cells("guided-diffusion TrainLoop", gd),
+                ["**ddkit / guided-diffusion**", "", f"**{fmt(r.get('ratio'), 2, '×')}**", ""],
+            ],
+        )
+    )
+    return text, r.get("ratio")
+
+
+def render_sampling_speed(r: dict[str, Any], files: Path, out_dir: Path) -> tuple[str, float | None]:
+    f = r.get("flags", {})
+
+    def diff(x: dict[str, Any], key: str) -> str:
+        value = x.get(key)
+        return f"{value:.1e}" if isinstance(value, (int, float)) else "—"
+
+    rows = [
+        [
+            x["config"],
+            fmt(x["steps_per_s"], 2),
+            fmt(x["images_per_s"], 2),
+            diff(x, "forward_max_abs_diff_to_gd_fp32"),
+            diff(x, "sample_max_abs_diff_to_gd_fp32" if "forward_scale" in x else "max_abs_diff_to_gd_fp32"),
+        ]
+        for x in r["rows"]
+    ]
+    rows += [[f"**{k}**", f"**{fmt(v, 2, '×')}**", "", "", ""] for k, v in r.get("ratios", {}).items()]
+    scale = next((x["forward_scale"] for x in r["rows"] if "forward_scale" in x), None)
+    text = (
+        f"ADM U-Net 64×64 (num_channels {f.get('num_channels')}, num_res_blocks {f.get('num_res_blocks')}, "
+        f"attention at {f.get('attention_resolutions')}, learned sigma), identical (random) weights; batch "
+        f"{r.get('batch')}; {r.get('sampler')}; ddkit attention `{r.get('attention_backend')}`; median of "
+        f"{r.get('reps')} interleaved rounds. The last two columns check agreement with guided-diffusion "
+        f"fp32: one network output at t = 500 (largest magnitude {fmt(scale, 2)}), and the final samples, "
+        "which random weights make chaotic, so reduced precision moves them far more.\n\n"
+        + table(
+            [
+                "configuration",
+                "steps / s",
+                "images / s",
+                "one forward: max abs diff",
+                "samples: max abs diff",
+            ],
+            rows,
+        )
+    )
+    ratios = r.get("ratios", {})
+    head = ratios.get(
+        "ddkit bf16 (autocast) / guided-diffusion fp16", ratios.get("ddkit fp32 / guided-diffusion fp32")
+    )
+    return text, head
+
+
+def render_unet(r: dict[str, Any], files: Path, out_dir: Path) -> tuple[str, Any]:
+    if "forward" not in r or "train" not in r:
+        ratios = find_ratios(r)
+        return generic(r), (min(ratios.values()) if ratios else None)
+    cfg = r.get("config", {})
+    fwd, train = r["forward"], r["train"]
+    diff = r.get("max_abs_output_diff_vs_gd", {})
+    rows = []
+    for name in fwd:
+        f, t = fwd[name], train.get(name, {})
+        rows.append(
+            [
+                name,
+                fmt(f.get("images_per_s"), 1),
+                fmt(t.get("images_per_s"), 2),
+                fmt(f.get("speedup_vs_gd"), 2, "×"),
+                fmt(t.get("speedup_vs_gd"), 2, "×"),
+                fmt(f.get("speedup_vs_gd_cpu_time"), 2, "×"),
+                fmt(t.get("speedup_vs_gd_cpu_time"), 2, "×"),
+                f"{diff[name]:.1e}" if isinstance(diff.get(name), (int, float)) else "—",
+            ]
+        )
+    text = (
+        f"ADM U-Net {cfg.get('image_size')}×{cfg.get('image_size')}, num_channels {cfg.get('num_channels')}, "
+        f"channel_mult {cfg.get('channel_mult')}, num_res_blocks {cfg.get('num_res_blocks')}, attention at "
+        f"{cfg.get('attention_resolutions')}; identical weights; batch {cfg.get('batch')}, device "
+        f"{cfg.get('device')}, {cfg.get('dtype')}"
+        + (f", {cfg.get('threads')} threads" if cfg.get("device") == "cpu" else "")
+        + f"; {cfg.get('rounds')} interleaved forward rounds (training: half). A training step is forward, "
+        "MSE, backward and Adam. Ratios are medians of per-round paired ratios; the CPU-time ratios are "
+        "less sensitive to other processes on a shared machine.\n\n"
+        + table(
+            [
+                "contender",
+                "forward img/s",
+                "train img/s",
+                "forward × gd",
+                "train × gd",
+                "forward × gd (CPU time)",
+                "train × gd (CPU time)",
+                "max abs output diff to gd",
+            ],
+            rows,
+        )
+    )
+    ours = fwd.get("ddkit", {}), train.get("ddkit", {})
+    head = {"forward": ours[0].get("speedup_vs_gd"), "training": ours[1].get("speedup_vs_gd")}
+    return text, head
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any], Path, Path], tuple[str, Any]]] = {
+    "sampler_overhead": render_sampler_overhead,
+    "unet_throughput": render_unet,
+    "quality_vs_nfe": render_quality,
+    "guidance_accuracy": render_guidance,
+    "import_cost": render_import_cost,
+    "attention_memory": render_attention,
+    "train_step": render_train_step,
+    "train_step_fp16": render_train_step,
+    "sampling_speed": render_sampling_speed,
+}
+
+CPU_SECTIONS: tuple[tuple[str, str], ...] = (
+    ("sampler_overhead", "Sampling-loop overhead per step"),
+    ("unet_throughput", "U-Net forward and training throughput against guided-diffusion"),
+    ("quality_vs_nfe", "Sample quality against model evaluations (2-D toy)"),
+    ("guidance_accuracy", "Classifier-free and classifier guidance: accuracy against scale"),
+    ("import_cost", "Import and discovery cost"),
+    ("attention_memory", "Peak memory of sampling at 64×64 per attention backend"),
+    ("train_step", "Training throughput of the whole Trainer step"),
+)
+GPU_SECTIONS: tuple[tuple[str, str], ...] = (
+    ("unet_throughput", "U-Net throughput, ddkit bf16 against guided-diffusion fp16"),
+    ("sampling_speed", "Sampling steps per second"),
+    ("attention_memory", "Peak memory of sampling per attention backend (xformers included where it runs)"),
+    ("train_step", "Trainer step, bf16 (guided-diffusion fp32: it has no bf16)"),
+    ("train_step_fp16", "Trainer step, fp16 on both"),
+)
+
+
+def _rel(path: Path, out_dir: Path) -> str:
+    return Path(os.path.relpath(path, out_dir)).as_posix()
+
+
+def load(folder: Path) -> dict[str, Envelope]:
+    found: dict[str, Envelope] = {}
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.json")):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(data, dict) and "benchmark" in data:
+                found[str(data["benchmark"])] = data
+    return found
+
+
+def section(
+    number: str, key: str, title: str, envs: dict[str, Envelope], files: Path, out_dir: Path
+) -> tuple[str, Any]:
+    env = envs.get(key)
+    lines = [f"### {number} {title}", ""]
+    head = None
+    if env is None or env.get("status") != "ok" or env.get("result") is None:
+        lines.append(not_measured(env, f"`{key}`"))
+    else:
+        try:
+            text, head = RENDERERS.get(key, lambda r, f, o: (generic(r), None))(env["result"], files, out_dir)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a result of a changed shape
+            text = (
+                f"_This report could not read the result's shape ({type(exc).__name__}: {exc}); raw:_\n\n"
+                + generic(env["result"])
+            )
+        lines += [text, "", provenance(env)]
+    return "\n".join(lines), head
+
+
+def render(results_dir: Path, out: Path, command: str, run_machine: dict[str, Any] | None) -> str:
+    cpu_dir, gpu_dir = results_dir / "cpu", results_dir / "gpu"
+    cpu, gpu = load(cpu_dir), load(gpu_dir)
+    out_dir = out.parent.resolve()
+    machine = run_machine or next((e["machine"] for e in cpu.values() if e.get("machine")), machine_info())
+    dates = sorted(str(e["date"]) for e in cpu.values() if e.get("date"))
+    packages = machine.get("packages", {})
+    refs = [
+        f"{d} {packages[d]}" for d in ("guided-diffusion-sdk", "diffusers", "k-diffusion") if d in packages
+    ]
+
+    parts = [
+        "# ddkit benchmarks",
+        "",
+        "<!-- Generated by bench/report.py: do not edit by hand; change bench/ and rerun the command "
+        "below. -->",
+        "",
+        f"- **Command:** {command}",
+        f"- **Date:** {now()}"
+        + (
+            ""
+            if run_machine or not dates
+            else f" (rendered; CPU measurements from {dates[0]} to {dates[-1]})"
+        ),
+        f"- **Machine (CPU figures):** {machine_line(machine)}",
+        f"- **References:** {', '.join(refs) or 'none installed'}"
+        + ("" if "k-diffusion" in packages else " (k-diffusion not installed: see bench/README.md)"),
+    ]
+    env_gpu = gpu.get("environment")
+    if env_gpu and env_gpu.get("status") == "ok":
+        g = env_gpu["result"]
+        parts.append(
+            f"- **GPU figures:** measured {env_gpu.get('date')} on {machine_line(env_gpu['machine'], g)} by "
+            f"`{env_gpu.get('command', 'bench/gpu_suite.py')}`, read from `{_rel(gpu_dir, out_dir)}/*.json`; "
+            f"xformers: {g.get('xformers', {}).get('status', '?')}"
+        )
+    else:
+        parts.append(
+            f"- **GPU figures:** none (`{_rel(gpu_dir, out_dir)}/*.json` absent; produce them on a CUDA "
+            "machine with `python bench/gpu_suite.py --out bench/results/gpu`)"
+        )
+    parts += [
+        "",
+        "Machine-dependent figures are given as ratios to the reference measured in the same run, so they "
+        "carry over between machines better than absolute times; absolute times are shown for context. "
+        "On a shared or loaded machine (see the load average) absolute times are noisy; ratios less so.",
+        "",
+    ]
+
+    cpu_text, heads = [], {}
+    for i, (key, title) in enumerate(CPU_SECTIONS, 1):
+        text, head = section(f"{i}.", key, title, cpu, cpu_dir, out_dir)
+        cpu_text.append(text)
+        heads[key] = head
+    gpu_text, gpu_heads = [], {}
+    if gpu:
+        for i, (key, title) in enumerate(GPU_SECTIONS, 1):
+            text, head = section(f"G{i}.", key, title, gpu, gpu_dir, out_dir)
+            gpu_text.append(text)
+            gpu_heads[key] = head
+
+    parts += ["## Summary", "", _summary(heads, gpu_heads, cpu, gpu), "", "## CPU", ""]
+    parts += ["\n\n".join(cpu_text), ""]
+    if gpu:
+        parts += ["## GPU", ""]
+        if env_gpu and env_gpu.get("status") == "ok":
+            g = env_gpu["result"]
+            parts += [
+                f"Measured on **{g.get('gpu', '?')}** ({g.get('gpu_memory_gib', '?')} GiB, compute "
+                f"capability {g.get('capability', '?')}, CUDA {g.get('cuda', '?')}, torch "
+                f"{g.get('torch', '?')}) on {env_gpu.get('date')}. "
+                f"xformers: {g.get('xformers', {}).get('status', '?')}.",
+                "",
+            ]
+        parts += ["\n\n".join(gpu_text), ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _summary(
+    heads: dict[str, Any],
+    gpu_heads: dict[str, Any],
+    cpu: dict[str, Envelope],
+    gpu: dict[str, Envelope],
+) -> str:
+    labels = {
+        "sampler_overhead": "Sampling-loop overhead per step, ddkit / diffusers (worst sampler)",
+        "unet_throughput": "U-Net throughput, ddkit / guided-diffusion (CPU, identical weights)",
+        "import_cost": '`ddkit plugins` / `python -c "import torch"` wall time',
+        "train_step": "Trainer step, ddkit / guided-diffusion TrainLoop (steps per second)",
+    }
+    rows = []
+    for key, label in labels.items():
+        value = heads.get(key)
+        target, test = TARGETS[key]
+        env = cpu.get(key)
+        quick = " (quick run)" if env and env.get("quick") else ""
+        values = value if isinstance(value, dict) else {"": value}
+        for part, v in values.items():
+            name = f"{label}: {part}" if part else label
+            if v is None:
+                status = "not measured" if env is None or env.get("status") != "ok" else "see section"
+                rows.append([name, target, "—", status])
+            else:
+                rows.append([name, target, fmt(v, 2, "×") + quick, "yes" if test(v) else "**no**"])
+    info = (
+        ("guidance_accuracy", "Accuracy of guided samples (Bayes accuracy on true data: {bayes})"),
+        ("attention_memory", "Peak memory of sampling at 64×64 (CPU), backend"),
+    )
+    for key, label in info:
+        value = heads.get(key)
+        env = cpu.get(key)
+        if not isinstance(value, dict) or env is None:
+            continue
+        result = env.get("result") or {}
+        label = label.format(bayes=fmt(result.get("bayes_accuracy"), 3))
+        quick = " (quick run)" if env.get("quick") else ""
+        unit = "" if key == "guidance_accuracy" else "×"
+        for part, v in value.items():
+            rows.append([f"{label}: {part}", "(no target)", fmt(v, 2 if unit else 3, unit) + quick, ""])
+    for key, label in (
+        ("sampling_speed", "GPU sampling steps/s, ddkit bf16 / guided-diffusion fp16"),
+        ("unet_throughput", "GPU U-Net throughput, ddkit bf16 / guided-diffusion fp16"),
+        ("train_step_fp16", "GPU Trainer step fp16, ddkit / guided-diffusion"),
+        ("attention_memory", "GPU peak memory of sampling at 64×64, backend"),
+    ):
+        if key in gpu:
+            value = gpu_heads.get(key)
+            values = value if isinstance(value, dict) else {"": value}
+            quick = " (quick run)" if gpu[key].get("quick") else ""
+            for part, v in values.items():
+                name = f"{label}: {part}" if part else label
+                rows.append([name, "(no target)", fmt(v, 2, "×") + quick if v is not None else "—", ""])
+    return table(["figure", "target", "measured", "met"], rows, ["---", "---", "---:", "---"])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--no-run", action="store_true", help="render from the JSON files already there")
+    parser.add_argument(
+        "--quick", action="store_true", help="each benchmark's smoke mode (numbers meaningless)"
+    )
+    parser.add_argument(
+        "--only", nargs="+", default=None, help="run only these CPU benchmarks (others: as on disk)"
+    )
+    parser.add_argument(
+        "--results", default=str(BENCH / "results"), help="folder with cpu/ and gpu/ subfolders"
+    )
+    parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="the Markdown file to write")
+    parser.add_argument(
+        "--command", default=None, help="the command to record at the top (e.g. 'nox -s bench')"
+    )
+    args = parser.parse_args(argv)
+    results = Path(args.results)
+    out = Path(args.out)
+    rest = list(sys.argv[1:] if argv is None else argv)
+    if "--command" in rest:
+        i = rest.index("--command")
+        del rest[i : i + 2]
+    invoked = shlex.join(["python", "bench/report.py", *rest])
+    shown = f"`{args.command}` (runs `{invoked}`)" if args.command else f"`{invoked}`"
+    run_machine = None
+    if not args.no_run:
+        run_machine = machine_info()
+        run_all(results / "cpu", quick=args.quick, only=args.only)
+    text = render(results, out, shown, run_machine)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

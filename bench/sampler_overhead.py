@@ -1,0 +1,334 @@
+"""Per-step framework overhead of ddkit's samplers beside guided-diffusion's and diffusers' equivalents.
+
+A near-free model (it returns a precomputed tensor) runs each sampler on a batch of 16 images
+3×32×32 on one CPU thread; the time per model evaluation minus the model's own time is the
+framework's overhead. Every configuration runs once per repetition, interleaved, so drifts in
+machine load hit all alike; medians are reported, with ddkit's ratio to diffusers.
+Clipping of x_0 is off everywhere (diffusers' DPM-Solver++ has none), variance fixed-small.
+
+    python bench/sampler_overhead.py [--reps 15] [--steps 50] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+import ddkit
+from ddkit.denoiser import Denoiser
+from ddkit.diffusion import GaussianParameterization, GaussianProcess
+
+SHAPE = (16, 3, 32, 32)
+#: Samplers that draw a batch of noise at (almost) every step.
+STOCHASTIC = ("ddpm", "euler-ancestral")
+T = 1000
+
+
+class FreeModel(nn.Module):
+    """Returns a fixed tensor: the model costs (almost) nothing, so what is timed is the framework."""
+
+    def __init__(self, out: Tensor) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))  # guided-diffusion asks the model for its device
+        self.out = out
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.out
+
+
+def linear_betas() -> np.ndarray:
+    return np.linspace(1e-4, 0.02, T, dtype=np.float64)
+
+
+def ddkit_runner(name: str, steps: int, out: Tensor, **params: Any) -> tuple[Callable[[Tensor], Any], int]:
+    model = FreeModel(out)
+    process = GaussianProcess(linear_betas())
+    param = GaussianParameterization("epsilon", "fixed-small", False)
+    sampler = ddkit.create("sampler", name, steps=steps, clip_denoised=False, **params)
+    denoiser = Denoiser(model, param, process)
+    gen = torch.Generator().manual_seed(0)
+
+    def run(x: Tensor) -> Any:
+        return sampler.sample(denoiser, x, generator=gen)
+
+    run(torch.randn(SHAPE))
+    return run, sampler.last_nfe
+
+
+def gd_runner(kind: str, steps: int, out: Tensor) -> tuple[Callable[[Tensor], Any], int] | None:
+    try:
+        from guided_diffusion import gaussian_diffusion as gd
+        from guided_diffusion.respace import SpacedDiffusion, space_timesteps
+    except ImportError:
+        return None
+    section = f"ddim{steps}" if kind in ("ddim", "plms") else str(steps)
+    diffusion = SpacedDiffusion(
+        use_timesteps=space_timesteps(T, section),
+        betas=linear_betas(),
+        model_mean_type=gd.ModelMeanType.EPSILON,
+        model_var_type=gd.ModelVarType.FIXED_SMALL,
+        loss_type=gd.LossType.MSE,
+    )
+    model = FreeModel(out)
+    loop = {"ddpm": diffusion.p_sample_loop, "ddim": diffusion.ddim_sample_loop}.get(kind)
+    kwargs: dict[str, Any] = {}
+    if kind == "plms":
+        if not hasattr(diffusion, "plms_sample_loop"):
+            return None
+        loop = diffusion.plms_sample_loop
+        kwargs["order"] = 4
+    assert loop is not None
+
+    def run(x: Tensor) -> Any:
+        return loop(model, SHAPE, noise=x, clip_denoised=False, device="cpu", **kwargs)
+
+    return run, steps + (1 if kind == "plms" else 0)
+
+
+def diffusers_runner(kind: str, steps: int, out: Tensor) -> tuple[Callable[[Tensor], Any], int] | None:
+    try:
+        import diffusers
+    except ImportError:
+        return None
+    betas = linear_betas()
+    common = {"num_train_timesteps": T, "trained_betas": betas}
+    if kind == "ddpm":
+        sched = diffusers.DDPMScheduler(**common, clip_sample=False, variance_type="fixed_small")
+    elif kind == "ddim":
+        sched = diffusers.DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True)
+    elif kind == "plms":
+        sched = diffusers.PNDMScheduler(**common, skip_prk_steps=True, set_alpha_to_one=True)
+    elif kind == "dpm-solver++":
+        sched = diffusers.DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
+    elif kind == "euler":
+        sched = diffusers.EulerDiscreteScheduler(**common, use_karras_sigmas=True)
+    elif kind == "heun":
+        sched = diffusers.HeunDiscreteScheduler(**common, use_karras_sigmas=True)
+    elif kind == "euler-ancestral":
+        sched = diffusers.EulerAncestralDiscreteScheduler(**common)
+    else:
+        return None
+    step_kwargs: dict[str, Any] = {}
+    if kind in ("ddpm", "euler-ancestral"):
+        step_kwargs["generator"] = torch.Generator().manual_seed(0)
+    model = FreeModel(out)
+
+    def run(x: Tensor) -> Any:
+        sched.set_timesteps(steps)
+        latents = x * sched.init_noise_sigma
+        for t in sched.timesteps:
+            inp = sched.scale_model_input(latents, t)
+            eps = model(inp, t)
+            latents = sched.step(eps, t, latents, **step_kwargs).prev_sample
+        return latents
+
+    sched.set_timesteps(steps)
+    return run, len(sched.timesteps)
+
+
+class ProposedCorePatch:
+    """The core changes this benchmark proposes, applied by monkeypatching so both can be timed.
+
+    1. ``GaussianProcess.is_respaced`` is computed once (it compared a T-long array per call).
+    2. ``model_timesteps`` for a Python-int step returns a cached tensor per (step, batch, device)
+       instead of ``torch.full`` plus a timestep-map gather at every model call.
+    3. ``x0_from_eps`` / ``x0_from_v`` / ``eps_from_x0`` with float coefficients are two fused
+       ops on a fresh tensor (``torch.mul(x, a).sub_(y, alpha=b)``) instead of three.
+    """
+
+    def __init__(self) -> None:
+        from ddkit.diffusion import process as P
+
+        self.cls = P.GaussianProcess
+        self.saved = {
+            name: self.cls.__dict__[name]
+            for name in ("is_respaced", "model_timesteps", "x0_from_eps", "x0_from_v", "eps_from_x0")
+        }
+        saved = self.saved
+
+        def is_respaced(gp: Any) -> bool:
+            flag = gp.__dict__.get("_is_respaced_flag")
+            if flag is None:
+                flag = gp.__dict__["_is_respaced_flag"] = saved["is_respaced"].fget(gp)
+            return bool(flag)
+
+        def model_timesteps(gp: Any, t: Any, batch: int, device: Any) -> Tensor:
+            if type(t) is not int:
+                return saved["model_timesteps"](gp, t, batch, device)
+            cache = gp.__dict__.setdefault("_model_t_cache", {})
+            key = (t, batch, str(device))
+            hit = cache.get(key)
+            if hit is None:
+                hit = cache[key] = saved["model_timesteps"](gp, t, batch, device)
+            return hit
+
+        def x0_from_eps(gp: Any, x_t: Tensor, t: Any, eps: Tensor, alpha_bar: Any = None) -> Tensor:
+            a, b = gp._eps_coefs(t, x_t, alpha_bar)
+            if isinstance(a, float) and isinstance(b, float):
+                return torch.mul(x_t, a).sub_(eps, alpha=b)
+            return a * x_t - b * eps
+
+        def eps_from_x0(gp: Any, x_t: Tensor, t: Any, x0: Tensor, alpha_bar: Any = None) -> Tensor:
+            a, b = gp._eps_coefs(t, x_t, alpha_bar)
+            if isinstance(a, float) and isinstance(b, float):
+                return torch.mul(x_t, a / b).sub_(x0, alpha=1.0 / b)
+            return (a * x_t - x0) / b
+
+        def x0_from_v(gp: Any, x_t: Tensor, t: Any, v: Tensor, alpha_bar: Any = None) -> Tensor:
+            a, s = gp._v_coefs(t, x_t, alpha_bar)
+            if isinstance(a, float) and isinstance(s, float):
+                return torch.mul(x_t, a).sub_(v, alpha=s)
+            return a * x_t - s * v
+
+        self.patched = {
+            "is_respaced": property(is_respaced),
+            "model_timesteps": model_timesteps,
+            "x0_from_eps": x0_from_eps,
+            "x0_from_v": x0_from_v,
+            "eps_from_x0": eps_from_x0,
+        }
+
+    def set(self, on: bool) -> None:
+        for name, value in (self.patched if on else self.saved).items():
+            setattr(self.cls, name, value)
+
+
+def randn_time(reps: int = 50) -> float:
+    """Seconds per standard-normal draw of the batch (what every ancestral step pays, in any framework)."""
+    start = time.perf_counter()
+    for _ in range(reps):
+        torch.randn(SHAPE)
+    return (time.perf_counter() - start) / reps
+
+
+def model_time(out: Tensor, reps: int = 2000) -> float:
+    """Seconds per call of the free model through nn.Module.__call__ (what each framework pays)."""
+    model = FreeModel(out)
+    x, t = torch.randn(SHAPE), torch.zeros(SHAPE[0], dtype=torch.long)
+    start = time.perf_counter()
+    for _ in range(reps):
+        model(x, t)
+    return (time.perf_counter() - start) / reps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--reps", type=int, default=15, help="interleaved repetitions (median reported)")
+    parser.add_argument("--steps", type=int, default=50, help="sampling steps per run")
+    parser.add_argument("--json", type=str, default=None, help="write the results here")
+    parser.add_argument(
+        "--proposed-core-patch",
+        action="store_true",
+        help="also time ddkit with the core changes of ProposedCorePatch (interleaved, same run)",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    out = torch.randn(SHAPE) * 0.1
+
+    kinds = ("ddpm", "ddim", "plms", "dpm-solver++", "euler", "heun", "euler-ancestral")
+    patch = ProposedCorePatch() if args.proposed_core_patch else None
+    runners: dict[tuple[str, str], tuple[Callable[[Tensor], Any], int]] = {}
+    for kind in kinds:
+        runners[("ddkit", kind)] = ddkit_runner(kind, args.steps, out)
+        if patch is not None:
+            runners[("ddkit+patch", kind)] = ddkit_runner(kind, args.steps, out)
+        gd_run = gd_runner(kind, args.steps, out) if kind in ("ddpm", "ddim", "plms") else None
+        if gd_run is not None:
+            runners[("guided-diffusion", kind)] = gd_run
+        df_run = diffusers_runner(kind, args.steps, out)
+        if df_run is not None:
+            runners[("diffusers", kind)] = df_run
+
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
+    model_s: list[float] = []
+    randn_s: list[float] = []
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for _ in range(args.reps):
+            model_s.append(model_time(out, 300))
+            randn_s.append(randn_time())
+            for key, (run, nfe) in runners.items():
+                if patch is not None:
+                    patch.set(key[0] == "ddkit+patch")
+                start = time.perf_counter()
+                run(x)
+                times[key].append((time.perf_counter() - start) / nfe)
+    m = statistics.median(model_s)
+    noise = statistics.median(randn_s)
+
+    rows = []
+    for kind in kinds:
+        row: dict[str, Any] = {"sampler": kind}
+        for fw in ("ddkit", "ddkit+patch", "guided-diffusion", "diffusers"):
+            if (fw, kind) in times:
+                row[fw] = (statistics.median(times[(fw, kind)]) - m) * 1e6
+        if "diffusers" in row:
+            row["ratio_ddkit_diffusers"] = row["ddkit"] / row["diffusers"]
+        if "guided-diffusion" in row:
+            row["ratio_ddkit_guided"] = row["ddkit"] / row["guided-diffusion"]
+        if kind in STOCHASTIC and "diffusers" in row:
+            # Both draw one batch of noise per step; without it the ratio compares the rest.
+            row["ratio_without_noise_draw"] = (row["ddkit"] - noise * 1e6) / (row["diffusers"] - noise * 1e6)
+        if "ddkit+patch" in row and "diffusers" in row:
+            row["ratio_patched_diffusers"] = row["ddkit+patch"] / row["diffusers"]
+        rows.append(row)
+
+    result = {
+        "unit": "microseconds of framework overhead per model evaluation (median)",
+        "shape": list(SHAPE),
+        "threads": 1,
+        "steps": args.steps,
+        "reps": args.reps,
+        "model_call_us": m * 1e6,
+        "noise_draw_us": noise * 1e6,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "rows": rows,
+    }
+
+    def cell(v: float | None) -> str:
+        return "—" if v is None else f"{v:.0f}"
+
+    print(
+        "Per-step framework overhead, µs per model evaluation "
+        f"(batch {SHAPE}, CPU, 1 thread, {args.steps} steps,"
+    )
+    print(f"median of {args.reps} interleaved runs; free model call {m * 1e6:.1f} µs subtracted)\n")
+
+    def r(v: float | None) -> str:
+        return "—" if v is None else f"{v:.2f}"
+
+    extra = " ddkit + core patch | patched / diffusers |" if patch is not None else ""
+    print("| sampler | ddkit | guided-diffusion | diffusers | ddkit / diffusers |" + extra)
+    print("|---|---:|---:|---:|---:|" + ("---:|---:|" if patch is not None else ""))
+    for row in rows:
+        tail = ""
+        if patch is not None:
+            tail = f" {cell(row.get('ddkit+patch'))} | {r(row.get('ratio_patched_diffusers'))} |"
+        print(
+            f"| {row['sampler']} | {cell(row.get('ddkit'))} | {cell(row.get('guided-diffusion'))} | "
+            f"{cell(row.get('diffusers'))} | {r(row.get('ratio_ddkit_diffusers'))} |" + tail
+        )
+    print(f"\nA noise draw of the batch (torch.randn) takes {noise * 1e6:.0f} µs, paid once per step by both")
+    for row in rows:
+        if "ratio_without_noise_draw" in row:
+            print(f"  {row['sampler']}: ddkit / diffusers without it {row['ratio_without_noise_draw']:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""Sampling steps per second of an ADM U-Net through ddkit against guided-diffusion, on identical weights.
+
+Meant for a GPU (``--device cuda``); on the CPU it runs a small network as a smoke check.
+One guided-diffusion ``UNetModel`` is built from its flags and its state dict is loaded,
+``strict=True``, into ddkit's ``adm-unet`` with the same flags. Both then draw a batch with
+DDIM (eta 0) over a respaced chain of ``--steps`` steps:
+
+- guided-diffusion: ``SpacedDiffusion.ddim_sample_loop`` in fp32 and with ``convert_to_fp16()``
+  (its ``use_fp16``, the precision its released models sample in);
+- ddkit: ``Pipeline.sample`` (sampler ``ddim``) in fp32, with ``convert_to_fp16()``
+  (like for like), and in bf16 under ``torch.autocast``, attention through ``sdpa``.
+
+Configurations are interleaved round by round after a warm-up round; the median wall time of
+each gives steps per second (model evaluations per second; one per DDIM step) and images per
+second. The headline ratio is ddkit bf16 against guided-diffusion fp16. Agreement is checked
+on one network output at t = 500 and on the final samples; the untrained (random) weights make
+the trajectory chaotic, so reduced precision moves the samples far more than one output.
+
+    python bench/sampling_speed.py --device cuda [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+T = 1000
+
+
+def flags(args: argparse.Namespace) -> dict[str, Any]:
+    """guided-diffusion's model flags (its ImageNet-64 network, scaled by --channels / --res-blocks)."""
+    return {
+        "image_size": 64,
+        "num_channels": args.channels,
+        "num_res_blocks": args.res_blocks,
+        "attention_resolutions": "32,16,8",
+        "num_head_channels": 64 if args.channels % 64 == 0 else 32,
+        "learn_sigma": True,
+        "resblock_updown": True,
+        "use_new_attention_order": True,
+        "use_scale_shift_norm": True,
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+Runner = tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]
+
+
+def build(args: argparse.Namespace, device: torch.device) -> dict[str, Runner]:
+    """Per configuration: ``x_T -> sample`` and ``x -> one network output at t = 500``; same weights."""
+    from guided_diffusion import gaussian_diffusion as gd
+    from guided_diffusion.respace import SpacedDiffusion, space_timesteps
+    from guided_diffusion.script_util import create_model
+
+    import ddkit
+
+    f = flags(args)
+    torch.manual_seed(0)
+    reference = create_model(**f)
+    with torch.no_grad():  # the zero-initialized output layers would make every sample alike
+        for p in reference.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.02)
+    state = reference.state_dict()
+    betas = np.linspace(1e-4, 0.02, T, dtype=np.float64)
+    diffusion = SpacedDiffusion(
+        use_timesteps=space_timesteps(T, f"ddim{args.steps}"),
+        betas=betas,
+        model_mean_type=gd.ModelMeanType.EPSILON,
+        model_var_type=gd.ModelVarType.LEARNED_RANGE,
+        loss_type=gd.LossType.MSE,
+    )
+    shape = (args.batch, 3, 64, 64)
+    t_mid = torch.full((args.batch,), 500, device=device, dtype=torch.long)
+
+    def gd_runner(fp16: bool) -> Runner:
+        model = create_model(**f, use_fp16=fp16)
+        model.load_state_dict(state)
+        if fp16:
+            model.convert_to_fp16()
+        model.to(device).eval()
+
+        def run(x: Tensor) -> Tensor:
+            with torch.no_grad():
+                out: Tensor = diffusion.ddim_sample_loop(
+                    model, shape, noise=x, clip_denoised=True, device=device, eta=0.0
+                )
+            return out
+
+        def forward(x: Tensor) -> Tensor:
+            with torch.no_grad():
+                out: Tensor = model(x, t_mid)
+            return out
+
+        return run, forward
+
+    def ddkit_runner(mode: str) -> Runner:
+        model = ddkit.create("model", "adm-unet", **f, attention_backend=args.attention_backend)
+        model.load_state_dict(state, strict=True)
+        if mode == "fp16":
+            model.convert_to_fp16()
+        pipe = ddkit.Pipeline.from_config(
+            {
+                "schedule": {"name": "linear", "timesteps": T},
+                "parameterization": {"name": "epsilon", "variance": "learned-range", "clip_denoised": True},
+                "sampler": {"name": "ddim", "steps": args.steps, "eta": 0.0},
+            },
+            model=model,
+        ).to(device)
+
+        def context() -> Any:
+            enabled = mode == "bf16"
+            return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+        def run(x: Tensor) -> Tensor:
+            with context():
+                return pipe.sample(x_T=x)
+
+        def forward(x: Tensor) -> Tensor:
+            with context(), torch.no_grad():
+                out: Tensor = model(x, t_mid)
+            return out
+
+        return run, forward
+
+    runners: dict[str, Runner] = {
+        "guided-diffusion fp32": gd_runner(False),
+        "ddkit fp32": ddkit_runner("fp32"),
+    }
+    if device.type == "cuda":
+        runners["guided-diffusion fp16"] = gd_runner(True)
+        runners["ddkit fp16 (convert_to_fp16)"] = ddkit_runner("fp16")
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():  # bf16 on most CPUs: far slower
+        runners["ddkit bf16 (autocast)"] = ddkit_runner("bf16")
+    return runners
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    runners = build(args, device)
+    x = torch.randn((args.batch, 3, 64, 64), generator=torch.Generator().manual_seed(1)).to(device)
+    outputs: dict[str, Tensor] = {}
+    forwards: dict[str, Tensor] = {}
+    for name, (run, forward) in runners.items():  # warm-up round (kernel selection, caches)
+        outputs[name] = run(x).float()
+        forwards[name] = forward(x).float()
+    _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(args.reps):
+        for name, (run, _) in runners.items():
+            _sync(device)
+            start = time.perf_counter()
+            run(x)
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    ref, ref_forward = outputs["guided-diffusion fp32"], forwards["guided-diffusion fp32"]
+    rows = []
+    for name, t in times.items():
+        median = statistics.median(t)
+        rows.append(
+            {
+                "config": name,
+                "median_s": median,
+                "steps_per_s": args.steps / median,
+                "images_per_s": args.batch / median,
+                "forward_max_abs_diff_to_gd_fp32": float((forwards[name] - ref_forward).abs().max()),
+                "forward_scale": float(ref_forward.abs().max()),
+                "sample_max_abs_diff_to_gd_fp32": float((outputs[name] - ref).abs().max()),
+            }
+        )
+    by = {r["config"]: r for r in rows}
+    ratios: dict[str, float] = {}
+    if "guided-diffusion fp16" in by:
+        base = by["guided-diffusion fp16"]["steps_per_s"]
+        for key in ("ddkit bf16 (autocast)", "ddkit fp16 (convert_to_fp16)"):
+            if key in by:
+                ratios[f"{key} / guided-diffusion fp16"] = by[key]["steps_per_s"] / base
+    ratios["ddkit fp32 / guided-diffusion fp32"] = (
+        by["ddkit fp32"]["steps_per_s"] / by["guided-diffusion fp32"]["steps_per_s"]
+    )
+    info: dict[str, Any] = {}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return {
+        "benchmark": "sampling_speed",
+        "device": args.device,
+        **info,
+        "flags": flags(args),
+        "batch": args.batch,
+        "sampler": f"DDIM eta 0, {args.steps} steps (linear schedule, learned-range variance, clipped x0)",
+        "attention_backend": args.attention_backend,
+        "reps": args.reps,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "rows": rows,
+        "ratios": ratios,
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "| configuration | steps / s | images / s | one forward: max abs diff to gd fp32 "
+        "| samples: max abs diff |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['config']} | {r['steps_per_s']:.2f} | {r['images_per_s']:.2f} | "
+            f"{r['forward_max_abs_diff_to_gd_fp32']:.1e} | {r['sample_max_abs_diff_to_gd_fp32']:.1e} |"
+        )
+    for key, value in result["ratios"].items():
+        lines.append(f"| **{key}** | **{value:.2f}×** | | | |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--channels", type=int, default=None, help="num_channels (cuda 192, cpu 32)")
+    parser.add_argument("--res-blocks", type=int, default=None, help="num_res_blocks (cuda 3, cpu 1)")
+    parser.add_argument("--batch", type=int, default=None, help="images per batch (cuda 64, cpu 2)")
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50 on cuda, 5 on cpu)")
+    parser.add_argument("--reps", type=int, default=None, help="timed rounds (default 5; quick 1)")
+    parser.add_argument("--attention-backend", default="sdpa", help="ddkit's attention_backend")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", default=None, help="write the results to this file")
+    args = parser.parse_args(argv)
+    cuda = args.device == "cuda"
+    defaults = {
+        "channels": 192 if cuda else 32,
+        "res_blocks": 3 if cuda else 1,
+        "batch": (16 if args.quick else 64) if cuda else 2,
+        "steps": (10 if args.quick else 50) if cuda else (3 if args.quick else 5),
+        "reps": 1 if args.quick else (5 if cuda else 3),
+    }
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    result = measure(args)
+    result["quick"] = args.quick
+    print(markdown(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

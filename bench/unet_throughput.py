@@ -1,0 +1,236 @@
+"""ADM U-Net throughput: ddkit-models against guided-diffusion, same weights, same run.
+
+Configuration (the measurement the issue states): 32×32 RGB, ``num_channels`` 64,
+``channel_mult`` 1,2,2, ``num_res_blocks`` 2, attention at 16 and 8 px with 4 heads,
+scale-shift norm (the scripts' default), unconditional, batch 8; on a CPU with two threads.
+Both networks are built from the same flags and hold identical weights (guided-diffusion's
+initial state dict, loaded into ddkit's with ``strict=True``); outputs are compared first.
+
+Timing is interleaved: each round times one call of every contender, in alternating order,
+so that machine noise hits all alike. Reported: the median images/s of each contender, and
+the median over rounds of the paired ratio ddkit / guided-diffusion (the figure that matters;
+target >= 1.25 on the CPU). A training step is forward + MSE to a fixed target + backward +
+Adam step. Also recorded: process CPU time per image (less sensitive to other processes on
+a shared machine than wall time) and the load average before and after.
+
+    python bench/unet_throughput.py --json out.json             # CPU, fp32, two threads
+    python bench/unet_throughput.py --device cuda --dtype bf16  # ddkit bf16 autocast vs gd use_fp16
+
+On CUDA, ddkit runs under ``torch.autocast(dtype)``; guided-diffusion in its own ``use_fp16``
+mode (float16 torso, float32 norms and head; its training step applies Adam to the float16
+torso directly instead of its master-weight trainer, which if anything favours it). Extra
+contenders with ``--channels-last``: both networks converted to channels-last weights and inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for _src in ("packages/core/src", "packages/models/src"):  # run from a checkout without installing
+    if str(ROOT / _src) not in sys.path:
+        sys.path.append(str(ROOT / _src))
+
+import torch  # noqa: E402
+
+FLAGS: dict[str, Any] = {
+    "image_size": 32,
+    "num_channels": 64,
+    "num_res_blocks": 2,
+    "channel_mult": "1,2,2",
+    "attention_resolutions": "16,8",
+    "num_heads": 4,
+    "num_head_channels": -1,
+    "num_heads_upsample": -1,
+    "use_scale_shift_norm": True,
+    "resblock_updown": False,
+    "use_new_attention_order": False,
+    "learn_sigma": False,
+    "class_cond": False,
+    "dropout": 0.0,
+    "use_checkpoint": False,
+}
+
+
+def build(device: torch.device, dtype: str, channels_last: bool) -> dict[str, torch.nn.Module]:
+    """The contenders, all holding guided-diffusion's initial weights."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.cuda.amp decorators in guided_diffusion.nn
+        from guided_diffusion.script_util import create_model
+    from ddkit_models.factories import adm_unet
+
+    gd_fp16 = device.type == "cuda" and dtype != "fp32"
+    ref = create_model(**FLAGS, use_fp16=False)
+    # Trained-like weights: the zero-initialized output layers would make every output 0.
+    gen = torch.Generator().manual_seed(0)
+    state = {k: v + 0.02 * torch.randn(v.shape, generator=gen) for k, v in ref.state_dict().items()}
+    models: dict[str, torch.nn.Module] = {}
+    gd = create_model(**FLAGS, use_fp16=False)
+    gd.load_state_dict(state, strict=True)
+    if gd_fp16:
+        gd.convert_to_fp16()
+    models["guided-diffusion"] = gd
+    ours = adm_unet(**FLAGS, use_fp16=False)
+    ours.load_state_dict(state, strict=True)
+    models["ddkit"] = ours
+    if channels_last:
+        gd_cl = create_model(**FLAGS, use_fp16=False)
+        gd_cl.load_state_dict(state, strict=True)
+        if gd_fp16:
+            gd_cl.convert_to_fp16()
+        models["guided-diffusion +channels_last"] = gd_cl.to(memory_format=torch.channels_last)
+        ours_cl = adm_unet(**FLAGS, use_fp16=False)
+        ours_cl.load_state_dict(state, strict=True)
+        models["ddkit +channels_last"] = ours_cl.to(memory_format=torch.channels_last)
+    return {k: m.to(device) for k, m in models.items()}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=12, help="timed forward rounds (training: half)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--channels-last", action="store_true", help="add channels-last contenders")
+    parser.add_argument("--quick", action="store_true", help="smoke mode: 3 rounds")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.warmup = 3, 1
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
+    if device.type == "cpu" and low is not None:
+        parser.error(
+            "the CPU comparison is float32 (guided-diffusion has no CPU mixed precision); drop --dtype"
+        )
+    torch.manual_seed(0)
+    models = build(device, args.dtype, args.channels_last)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(args.batch, 3, 32, 32, generator=gen).to(device)
+    t = torch.randint(0, 1000, (args.batch,), generator=gen).to(device)
+    target = torch.randn(args.batch, 3, 32, 32, generator=gen).to(device)
+
+    def inputs(name: str) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if "channels_last" in name else x
+
+    def ours_context() -> Any:
+        return (
+            torch.autocast(device.type, dtype=low)
+            if low is not None
+            else torch.autocast(device.type, enabled=False)
+        )
+
+    def forward(name: str, model: torch.nn.Module) -> torch.Tensor:
+        if name.startswith("ddkit"):
+            with ours_context():
+                return model(inputs(name), t)
+        return model(inputs(name), t)
+
+    with torch.inference_mode():
+        outs = {name: forward(name, m.eval()).float() for name, m in models.items()}
+    ref_out = outs["guided-diffusion"]
+    max_diff = {name: float((o - ref_out).abs().max()) for name, o in outs.items()}
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    optimizers = {name: torch.optim.Adam(m.parameters(), lr=1e-5) for name, m in models.items()}
+
+    def fwd_step(name: str) -> Callable[[], None]:
+        def run() -> None:
+            with torch.inference_mode():
+                forward(name, models[name])
+
+        return run
+
+    def train_step(name: str) -> Callable[[], None]:
+        def run() -> None:
+            opt = optimizers[name]
+            opt.zero_grad(set_to_none=True)
+            loss = (forward(name, models[name]).float() - target).square().mean()
+            loss.backward()
+            opt.step()
+
+        return run
+
+    def measure(make: Callable[[str], Callable[[], None]], rounds: int, train: bool) -> dict[str, Any]:
+        steps = {name: make(name) for name in models}
+        for name, m in models.items():
+            m.train(train)
+            for _ in range(args.warmup):
+                steps[name]()
+        sync()
+        wall: dict[str, list[float]] = {n: [] for n in models}
+        cpu: dict[str, list[float]] = {n: [] for n in models}
+        order = list(models)
+        for r in range(rounds):
+            for name in order if r % 2 == 0 else order[::-1]:
+                w0, c0 = time.perf_counter(), time.process_time()
+                steps[name]()
+                sync()
+                wall[name].append(time.perf_counter() - w0)
+                cpu[name].append(time.process_time() - c0)
+        base = wall["guided-diffusion"]
+        return {
+            name: {
+                "images_per_s": args.batch / statistics.median(wall[name]),
+                "cpu_s_per_image": statistics.median(cpu[name]) / args.batch,
+                "speedup_vs_gd": statistics.median(b / w for b, w in zip(base, wall[name])),
+                "speedup_vs_gd_cpu_time": statistics.median(
+                    b / w for b, w in zip(cpu["guided-diffusion"], cpu[name])
+                ),
+                "wall_s": wall[name],
+            }
+            for name in models
+        }
+
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    forward_stats = measure(fwd_step, args.rounds, train=False)
+    train_stats = measure(train_step, max(2, args.rounds // 2), train=True)
+    result: dict[str, Any] = {
+        "config": {**FLAGS, "batch": args.batch, "device": str(device), "dtype": args.dtype,
+                   "threads": args.threads, "rounds": args.rounds},
+        "torch": torch.__version__,
+        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                    "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "max_abs_output_diff_vs_gd": max_diff,
+        "forward": forward_stats,
+        "train": train_stats,
+        "elapsed_s": time.perf_counter() - started,
+    }  # fmt: skip
+
+    after = result["machine"]["loadavg_after"][0]
+    print(f"\nU-Net throughput, {device} {args.dtype}, batch {args.batch}, {args.threads} threads "
+          f"(load average {load_before[0]:.1f} before, {after:.1f} after)\n")  # fmt: skip
+    print("| contender | forward img/s | train img/s | forward × gd | train × gd | forward × gd (CPU time) "
+          "| train × gd (CPU time) | max |out - gd| |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in models:
+        f, tr = forward_stats[name], train_stats[name]
+        print(f"| {name} | {f['images_per_s']:.1f} | {tr['images_per_s']:.2f} | {f['speedup_vs_gd']:.2f} "
+              f"| {tr['speedup_vs_gd']:.2f} | {f['speedup_vs_gd_cpu_time']:.2f} "
+              f"| {tr['speedup_vs_gd_cpu_time']:.2f} | {max_diff[name]:.1e} |")  # fmt: skip
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,467 @@
+"""A base class that gives every sampler, ddkit's own and third parties', the same powers.
+
+A subclass says which chain it walks and which noise levels it visits (:meth:`SamplerBase._plan`)
+and writes its loop (:meth:`SamplerBase._run`), a generator yielding one
+:class:`~ddkit.SamplerState` per step that continues from ``state.x`` after each yield. The
+base class does the rest, identically for all: parameter validation, the x_0 options
+(``clip_denoised``, ``dynamic_threshold``, ``denoised_fn``), generators, image-to-image
+starts (``init`` + ``strength``), inpainting (``mask`` + ``known``), callbacks, the
+progress bar, gradient-free stepping and NFE counting.
+
+Inpainting follows latent-diffusion: ``mask`` is 1 where the pixel is *known* (kept from
+``known``) and 0 where it is generated. Before the first step and after every step the known
+region is replaced by ``known`` noised to the level of the new x:
+``x ← mask·q_sample(known, ᾱ_next) + (1 − mask)·x``; after the last step (ᾱ = 1) that is
+``known`` itself, so the known region of the result equals ``known`` exactly.
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ddkit.denoiser import Denoiser
+from ddkit.denoiser import dynamic_threshold as dynamic_threshold_fn
+from ddkit.diffusion.process import GaussianProcess
+from ddkit.errors import CompositionError
+from ddkit.protocols import Generator, SamplerState
+from ddkit.sampling.noise import check_generator, randn
+from ddkit.sampling.spacing import Spacing, check_spacing, continuous_schedule, discrete_timesteps
+
+__all__ = ["Plan", "Run", "SamplerBase", "gaussian_log_prob", "positive_int", "real"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def positive_int(name: str, value: object, *, allow_none: bool = False) -> int | None:
+    """``value`` if it is a positive int (or None when allowed), else a ``TypeError``/``ValueError``."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"'{name}' must be a positive int (got {value!r})")
+    if value < 1:
+        raise ValueError(f"'{name}' must be a positive int (got {value!r})")
+    return value
+
+
+def real(name: str, value: object, *, low: float | None = None, high: float | None = None) -> float:
+    """``value`` as a float if it is a real number within [low, high], else a clear error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"'{name}' must be a number (got {value!r})")
+    v = float(value)
+    if math.isnan(v) or (low is not None and v < low) or (high is not None and v > high):
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        raise ValueError(f"'{name}' must lie in [{lo}, {hi}] (got {value!r})")
+    return v
+
+
+def gaussian_log_prob(noise: Tensor, log_std: float | Tensor) -> Tensor:
+    """Per-sample log N(x; mean, std²) summed over non-batch dims, for x = mean + std·noise.
+
+    ``log_std`` is a float (one std for the whole step) or a tensor broadcastable to ``noise``.
+    """
+    flat = noise.reshape(noise.shape[0], -1).float()
+    d = flat.shape[1]
+    quad = flat.square().sum(dim=1)
+    if isinstance(log_std, Tensor):
+        log_det = log_std.float().expand_as(noise).reshape(noise.shape[0], -1).sum(dim=1)
+    else:
+        log_det = torch.full_like(quad, d * log_std)
+    return -0.5 * quad - log_det - 0.5 * d * _LOG_2PI
+
+
+@dataclass(slots=True)
+class Plan:
+    """What one sampling call walks: the bound denoiser and the noise level before each step.
+
+    ``alpha_bars[k]`` is ᾱ of x before step k (``alpha_bars[0]``: of x_T) and
+    ``alpha_bars[-1]`` that of the result (1 for a sample of clean data); ``timesteps[k]``
+    the training timestep step k is predicted from.
+    """
+
+    denoiser: Denoiser
+    timesteps: list[float]
+    alpha_bars: list[float]
+    extra: Any = None
+
+    @property
+    def steps(self) -> int:
+        """The number of steps."""
+        return len(self.timesteps)
+
+
+@dataclass(slots=True)
+class Run:
+    """Per-call options a sampler loop needs: where its noise comes from, what it reports."""
+
+    generator: Generator
+    log_prob: bool
+
+    def noise(self, like: Tensor) -> Tensor:
+        """Standard normal noise shaped like ``like`` (see :func:`ddkit.sampling.randn`)."""
+        return randn(like.shape, self.generator, like.device, like.dtype)
+
+
+class SamplerBase:
+    """Common parameters, validation and loop services of a sampler (see the module docstring).
+
+    ``steps``: the number of steps (None: the sampler's default); ``spacing``: how they are
+    chosen (see :mod:`ddkit.sampling.spacing`; None: the sampler's default);
+    ``clip_denoised``: clamp x_0 to [-1, 1] (None: the parameterization's setting);
+    ``dynamic_threshold``: Imagen's percentile thresholding of x_0 (e.g. 0.995);
+    ``denoised_fn``: a function applied to x_0 before clipping; ``return_log_prob``:
+    report each stochastic transition's per-sample log density in ``SamplerState.log_prob``.
+
+    .. versionadded:: 0.1.0
+    """
+
+    #: The registered name, used in messages.
+    name: ClassVar[str] = "sampler"
+    #: Guidance forms this sampler can apply, preferred first.
+    guidance_forms: tuple[str, ...] = ("model", "score")
+    #: Whether it draws noise while sampling.
+    stochastic: bool = False
+    #: ``steps`` when left unset (None: all T steps of the chain).
+    default_steps: ClassVar[int | None] = None
+    #: ``spacing`` when left unset.
+    default_spacing: ClassVar[str] = "sections"
+    #: Whether it reads the denoiser at noise levels between training steps (an ODE/SDE solver).
+    continuous: ClassVar[bool] = False
+    #: Whether its update is written in ε (so it cannot start where ᾱ = 0, whatever the model predicts).
+    epsilon_form: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        steps: int | None = None,
+        spacing: Spacing | None = None,
+        clip_denoised: bool | None = None,
+        dynamic_threshold: float | None = None,
+        denoised_fn: Callable[[Tensor], Tensor] | None = None,
+        return_log_prob: bool = False,
+    ) -> None:
+        self.steps = positive_int("steps", steps, allow_none=True)
+        check_spacing(spacing, self.steps)
+        self.spacing = spacing
+        if clip_denoised is not None and not isinstance(clip_denoised, bool):
+            raise TypeError(f"'clip_denoised' must be True, False or None (got {clip_denoised!r})")
+        self.clip_denoised = clip_denoised
+        self._threshold: Callable[[Tensor], Tensor] | None = None
+        if dynamic_threshold is not None:
+            real("dynamic_threshold", dynamic_threshold)
+            self._threshold = dynamic_threshold_fn(float(dynamic_threshold))
+        self.dynamic_threshold = dynamic_threshold
+        if denoised_fn is not None and not callable(denoised_fn):
+            raise TypeError(f"'denoised_fn' must be callable (got {denoised_fn!r})")
+        self.denoised_fn = denoised_fn
+        if not isinstance(return_log_prob, bool):
+            raise TypeError(f"'return_log_prob' must be a bool (got {return_log_prob!r})")
+        self.return_log_prob = return_log_prob
+        #: Model evaluations of the last sampling call.
+        self.last_nfe = 0
+        self._chains: weakref.WeakKeyDictionary[GaussianProcess, dict[tuple[int, ...], GaussianProcess]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    # -- what a subclass provides ----------------------------------------------------------
+
+    def _plan(self, denoiser: Denoiser) -> Plan:
+        """The chain, timesteps and noise levels of one call (``denoiser``: the full training chain)."""
+        raise NotImplementedError
+
+    def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
+        """Steps ``start`` .. ``plan.steps - 1`` from ``x``; continue from ``state.x`` after each yield."""
+        raise NotImplementedError
+
+    # -- helpers for subclasses ------------------------------------------------------------
+
+    def _resolved_steps(self) -> int | None:
+        """``steps``, else the sampler's default (None: every step of the chain)."""
+        return self.steps if self.steps is not None else self.default_steps
+
+    def _resolved_spacing(self) -> Spacing:
+        """``spacing``, else the sampler's default."""
+        return self.spacing if self.spacing is not None else self.default_spacing
+
+    def _bind(self, denoiser: Denoiser, process: GaussianProcess) -> Denoiser:
+        """``denoiser`` on ``process`` with this sampler's x_0 options, and a fresh NFE count."""
+        changes: dict[str, Any] = {}
+        if self.clip_denoised is not None:
+            changes["clip_denoised"] = self.clip_denoised
+        fn = self.denoised_fn if self.denoised_fn is not None else denoiser.denoised_fn
+        if self._threshold is not None:
+            threshold = self._threshold
+            fn = threshold if fn is None else _compose(fn, threshold)
+        if fn is not denoiser.denoised_fn:
+            changes["denoised_fn"] = fn
+        return denoiser.with_process(process, **changes)
+
+    def _chain_plan(self, denoiser: Denoiser) -> Plan:
+        """The plan of a discrete sampler: ``denoiser`` respaced to the steps the spacing keeps.
+
+        Step k of the plan is step ``N − 1 − k`` of the respaced chain (``plan.denoiser.process``),
+        which feeds the network the original training timestep (guided-diffusion's SpacedDiffusion).
+        A spacing that keeps every step leaves the chain as it is.
+        """
+        process = denoiser.process
+        total = process.num_timesteps
+        steps = self._resolved_steps()
+        spacing = self._resolved_spacing()
+        if self.spacing is None and spacing == "ddim" and steps is not None:
+            # guided-diffusion's "ddimN" exists only for some N; the default then keeps the same
+            # family, N steps at stride ⌊T/N⌋ from step 0 (diffusers' "leading").
+            try:
+                use = discrete_timesteps("ddim", steps, process.alphas_cumprod)
+            except ValueError:
+                use = discrete_timesteps("leading", steps, process.alphas_cumprod)
+        else:
+            use = discrete_timesteps(spacing, steps, process.alphas_cumprod)
+        chain = process if len(use) == total else self._respaced(process, use)
+        n = chain.num_timesteps
+        timesteps = [float(chain.timestep_map[i]) for i in range(n - 1, -1, -1)]
+        alpha_bars = [float(chain.alphas_cumprod[i]) for i in range(n - 1, -1, -1)]
+        alpha_bars.append(float(chain.alphas_cumprod_prev[0]))
+        return Plan(self._bind(denoiser, chain), timesteps, alpha_bars)
+
+    def _respaced(self, process: GaussianProcess, use: list[int]) -> GaussianProcess:
+        """``process.respace(use)``, remembered per process (sampling loops reuse the chain)."""
+        chains = self._chains.get(process)
+        if chains is None:
+            chains = self._chains[process] = {}
+        key = tuple(use)
+        chain = chains.get(key)
+        if chain is None:
+            chain = chains[key] = process.respace(use)
+        return chain
+
+    def _sigma_plan(
+        self,
+        denoiser: Denoiser,
+        *,
+        drop_last: bool = False,
+        last_timestep: int | None = None,
+        final: float = 0.0,
+    ) -> Plan:
+        """The plan of a continuous sampler: noise levels σ_0 > ... > σ_{N-1}, then ``final`` (σ = 0).
+
+        ``plan.extra`` holds the N + 1 σ's; the denoiser stays on the full training chain and is
+        called at ``plan.timesteps[k]`` (fractional where the spacing falls between steps) with
+        ``alpha_bar = 1 / (1 + σ_k²)``.
+        """
+        process = denoiser.process
+        total = process.num_timesteps
+        steps = self._resolved_steps()
+        spacing = self._resolved_spacing()
+        if steps is None:
+            steps = total
+        sig, t = continuous_schedule(
+            spacing, steps, process.alphas_cumprod, drop_last=drop_last, last_timestep=last_timestep
+        )
+        sigmas = [float(s) for s in sig] + [float(final)]
+        alpha_bars = [1.0 / (1.0 + s * s) for s in sigmas]
+        return Plan(self._bind(denoiser, process), [float(v) for v in t], alpha_bars, extra=sigmas)
+
+    # -- the protocol ----------------------------------------------------------------------
+
+    def check(self, denoiser: Denoiser) -> None:
+        """Raise :class:`ddkit.CompositionError` for a denoiser this sampler cannot run."""
+        self._checked_plan(denoiser)
+
+    def _checked_plan(self, denoiser: Denoiser) -> Plan:
+        """:meth:`_plan` after the checks every sampler shares (one plan per sampling call)."""
+        prediction = denoiser.parameterization.prediction
+        if prediction == "previous-x" and self.continuous:
+            raise CompositionError(
+                f"sampler {self.name!r} cannot run a 'previous-x' model: such a model predicts the mean "
+                "of x_{t-1} one training step back, which says nothing about x_0 at the noise levels an "
+                "ODE solver visits; use 'ddpm' (or 'ddim' over the full chain), or a model predicting "
+                "epsilon, x0 or v"
+            )
+        plan = self._plan(denoiser)
+        if plan.alpha_bars[0] <= 0.0 and (prediction == "epsilon" or self.epsilon_form):
+            who = f"sampler {self.name!r} (which steps on ε)" if self.epsilon_form else "an epsilon model"
+            raise CompositionError(
+                f"sampler {self.name!r} starts at a step with ᾱ = 0 (a zero-terminal-SNR schedule), where "
+                f"x_0 = (x − sqrt(1 − ᾱ)·ε)/sqrt(ᾱ) is undefined for {who}; use a spacing that starts below "
+                "the last step" + ("" if self.epsilon_form else ", or a model predicting v or x0")
+            )
+        if (
+            prediction == "previous-x"
+            and plan.denoiser.process.num_timesteps != denoiser.process.num_timesteps
+        ):
+            raise CompositionError(
+                f"sampler {self.name!r} with {plan.steps} of {denoiser.process.num_timesteps} steps cannot "
+                "run a 'previous-x' model: its output is the mean one *training* step back, not one step "
+                "of the shorter chain; sample over the full chain (steps=None) or use a model predicting "
+                "epsilon, x0 or v"
+            )
+        return plan
+
+    def sample(self, denoiser: Denoiser, x_T: Tensor, **options: Any) -> Tensor:
+        """Run :meth:`iterate` to the end and return the final sample."""
+        state = None
+        for state in self.iterate(denoiser, x_T, **options):  # noqa: B007 (the last one is kept)
+            pass
+        assert state is not None
+        return state.x
+
+    def iterate(
+        self,
+        denoiser: Denoiser,
+        x_T: Tensor,
+        *,
+        generator: Generator = None,
+        callback: Callable[[SamplerState], None] | None = None,
+        progress: bool = False,
+        init: Tensor | None = None,
+        strength: float | None = None,
+        mask: Tensor | None = None,
+        known: Tensor | None = None,
+        return_log_prob: bool | None = None,
+    ) -> Iterator[SamplerState]:
+        """Yield a :class:`~ddkit.SamplerState` per step from ``x_T`` (or ``init`` noised by ``strength``).
+
+        ``x_T`` is standard normal noise shaped like the samples (any shape [B, C, ...]);
+        ``generator`` one ``torch.Generator`` or one per sample; ``callback`` is called with
+        each state; ``progress`` shows a tqdm bar; ``init`` + ``strength`` in (0, 1] start
+        from ``init`` noised to the level ``strength`` of the way up the schedule and run
+        that fraction of the steps (at least one); ``mask`` (1 = known) + ``known`` inpaint;
+        ``return_log_prob`` overrides the sampler's setting for this call.
+        """
+        plan = self._checked_plan(denoiser)
+        x, start = self._start(plan, x_T, generator, init, strength)
+        blend = self._blender(x, mask, known)
+        log_prob = self.return_log_prob if return_log_prob is None else return_log_prob
+        if not isinstance(log_prob, bool):
+            raise TypeError(f"'return_log_prob' must be a bool (got {log_prob!r})")
+        run = Run(generator=generator, log_prob=log_prob)
+        if blend is not None:
+            with torch.no_grad():
+                x = blend(x, plan.alpha_bars[start], run)
+        inner = self._run(plan, x, start, run)
+        return self._drive(inner, plan, denoiser, start, run, callback, progress, blend)
+
+    # -- the shared loop services ----------------------------------------------------------
+
+    def _start(
+        self, plan: Plan, x_T: Tensor, generator: Generator, init: Tensor | None, strength: float | None
+    ) -> tuple[Tensor, int]:
+        if not isinstance(x_T, Tensor) or not x_T.is_floating_point():
+            raise TypeError(f"x_T must be a floating-point tensor (got {type(x_T).__name__})")
+        if x_T.ndim < 2:
+            raise ValueError(
+                f"x_T must have a batch and a channel dimension, shape [B, C, ...] (got {tuple(x_T.shape)}); "
+                "for scalar data use shape [B, 1]"
+            )
+        check_generator(generator, x_T.shape[0])
+        if init is None:
+            if strength is not None:
+                raise ValueError("'strength' needs 'init', the image to start from")
+            return x_T, 0
+        if strength is None:
+            raise ValueError("'init' needs 'strength' in (0, 1], the fraction of the schedule to run")
+        s = real("strength", strength, low=0.0, high=1.0)
+        if s == 0.0:
+            raise ValueError("'strength' must lie in (0, 1] (got 0); strength 0 would run no step")
+        if not isinstance(init, Tensor) or init.shape != x_T.shape:
+            got = tuple(init.shape) if isinstance(init, Tensor) else type(init).__name__
+            raise ValueError(f"'init' must be a tensor shaped like x_T {tuple(x_T.shape)} (got {got})")
+        n = plan.steps
+        run_steps = min(n, max(1, int(s * n + 1e-9)))
+        start = n - run_steps
+        ab = plan.alpha_bars[start]
+        init = init.to(device=x_T.device, dtype=x_T.dtype)
+        # x_T serves as the noise of q(x_t | init), as guided-diffusion's skip_timesteps does.
+        return init * math.sqrt(ab) + x_T * math.sqrt(1.0 - ab), start
+
+    def _blender(
+        self, x: Tensor, mask: Tensor | None, known: Tensor | None
+    ) -> Callable[[Tensor, float, Run], Tensor] | None:
+        if mask is None and known is None:
+            return None
+        if mask is None or known is None:
+            raise ValueError("inpainting needs both 'mask' (1 = known pixel) and 'known' (the known x_0)")
+        if known.shape != x.shape:
+            raise ValueError(f"'known' must be shaped like x_T {tuple(x.shape)} (got {tuple(known.shape)})")
+        fits = mask.ndim <= x.ndim and all(
+            m in (1, n) for m, n in zip(reversed(mask.shape), reversed(x.shape))
+        )
+        if not fits:
+            raise ValueError(
+                f"'mask' of shape {tuple(mask.shape)} does not broadcast to x_T {tuple(x.shape)}"
+            )
+        m = mask.to(device=x.device, dtype=x.dtype)
+        if bool(((m < 0) | (m > 1)).any()):
+            raise ValueError("'mask' values must lie in [0, 1] (1 = known, 0 = generated)")
+        k = known.to(device=x.device, dtype=x.dtype)
+        m = m.expand_as(x)
+
+        def blend(x: Tensor, alpha_bar: float, run: Run) -> Tensor:
+            if alpha_bar >= 1.0:
+                target = k
+            else:
+                target = run.noise(k).mul_(math.sqrt(1.0 - alpha_bar)).add_(k, alpha=math.sqrt(alpha_bar))
+            return torch.lerp(x, target, m)
+
+        return blend
+
+    def _drive(
+        self,
+        inner: Iterator[SamplerState],
+        plan: Plan,
+        outer: Denoiser,
+        start: int,
+        run: Run,
+        callback: Callable[[SamplerState], None] | None,
+        progress: bool,
+        blend: Callable[[Tensor, float, Run], Tensor] | None,
+    ) -> Iterator[SamplerState]:
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=plan.steps - start, desc=self.name)
+        d = plan.denoiser
+        try:
+            while True:
+                # Gradients stay off inside a step (a guidance turns them on for itself), but not
+                # for the caller's code between two states; skip the switch when already off.
+                with torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext():
+                    state = next(inner, None)
+                    if state is None:
+                        return
+                    if blend is not None:
+                        state.x = blend(state.x, plan.alpha_bars[start + state.step + 1], run)
+                self.last_nfe = d.nfe
+                if callback is not None:
+                    callback(state)
+                if bar is not None:
+                    bar.update(1)
+                yield state
+        finally:
+            self.last_nfe = d.nfe
+            outer.nfe += d.nfe
+            if bar is not None:
+                bar.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(steps={self.steps!r}, spacing={self.spacing!r})"
+
+
+def _compose(
+    first: Callable[[Tensor], Tensor], then: Callable[[Tensor], Tensor]
+) -> Callable[[Tensor], Tensor]:
+    def composed(x0: Tensor) -> Tensor:
+        return then(first(x0))
+
+    return composed

@@ -1,0 +1,276 @@
+"""Euler, Heun (Karras et al. 2022, Alg. 2) and Euler-ancestral, on the σ formulation.
+
+The solvers integrate the probability-flow ODE of x/sqrt(ᾱ) in σ = sqrt((1 − ᾱ)/ᾱ); the
+state they yield is x itself (the chain's scaling), so each step is one linear combination
+of x and the denoised x_0 with per-step float coefficients. The network is called on the
+full training chain at the (fractional) training timestep of each σ, with ᾱ = 1/(1 + σ²).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ddkit.denoiser import Denoiser
+from ddkit.protocols import SamplerState
+from ddkit.sampling import (
+    Plan,
+    Run,
+    SamplerBase,
+    Spacing,
+    gaussian_log_prob,
+    last_timestep_above,
+    real,
+    sigma_to_t,
+)
+
+__all__ = ["Euler", "EulerAncestral", "Heun"]
+
+
+def _step_t(t: float) -> int | float:
+    """A timestep as the denoiser takes it: an int on the training grid, else a float."""
+    return int(t) if float(t).is_integer() else t
+
+
+class _Karras(SamplerBase):
+    guidance_forms = ("model", "score")
+    default_steps = 50
+    default_spacing = "karras"
+    continuous = True
+
+    def __init__(
+        self,
+        *,
+        steps: int | None,
+        spacing: Spacing | None,
+        clip_denoised: bool | None,
+        dynamic_threshold: float | None,
+        denoised_fn: Callable[[Tensor], Tensor] | None,
+        lambda_min: float | None,
+        return_log_prob: bool = False,
+    ) -> None:
+        super().__init__(
+            steps=steps,
+            spacing=spacing,
+            clip_denoised=clip_denoised,
+            dynamic_threshold=dynamic_threshold,
+            denoised_fn=denoised_fn,
+            return_log_prob=return_log_prob,
+        )
+        self.lambda_min = None if lambda_min is None else real("lambda_min", lambda_min)
+
+    def _plan(self, denoiser: Denoiser) -> Plan:
+        ac = denoiser.process.alphas_cumprod
+        last = None if self.lambda_min is None else last_timestep_above(ac, self.lambda_min)
+        return self._sigma_plan(denoiser, last_timestep=last)
+
+    def _churn_init(self, s_churn: object, s_tmin: object, s_tmax: object, s_noise: object) -> None:
+        self.s_churn = real("s_churn", s_churn, low=0.0)
+        self.s_tmin = real("s_tmin", s_tmin, low=0.0)
+        self.s_tmax = real("s_tmax", s_tmax, low=0.0)
+        self.s_noise = real("s_noise", s_noise, low=0.0)
+        if self.s_tmin > self.s_tmax:
+            raise ValueError(f"'s_tmin' ({self.s_tmin}) must not exceed 's_tmax' ({self.s_tmax})")
+        self.stochastic = self.s_churn > 0.0
+
+    def _gammas(self, sigmas: list[float], n: int) -> list[float]:
+        """Karras's γ_i = min(S_churn/N, √2 − 1) where S_tmin ≤ σ_i ≤ S_tmax, else 0."""
+        g = min(self.s_churn / n, math.sqrt(2.0) - 1.0)
+        return [g if self.s_churn > 0 and self.s_tmin <= s <= self.s_tmax else 0.0 for s in sigmas[:n]]
+
+    def _churn(
+        self, plan: Plan, x: Tensor, k: int, gamma: float, run: Run
+    ) -> tuple[Tensor, float, int | float]:
+        """Raise the noise from σ_k to σ̂ = (1 + γ)σ_k (Alg. 2 lines 5–6); x̂, σ̂ and its timestep."""
+        sigma = plan.extra[k]
+        if gamma == 0.0:
+            return x, sigma, _step_t(plan.timesteps[k])
+        s_hat = sigma * (1.0 + gamma)
+        a, a_hat = 1.0 / math.sqrt(1.0 + sigma * sigma), 1.0 / math.sqrt(1.0 + s_hat * s_hat)
+        add = a_hat * self.s_noise * math.sqrt(s_hat * s_hat - sigma * sigma)
+        x_hat = torch.mul(x, a_hat / a).add_(run.noise(x), alpha=add)
+        ac = plan.denoiser.process.alphas_cumprod
+        return x_hat, s_hat, float(sigma_to_t(np.array([s_hat]), ac)[0])
+
+
+class Euler(_Karras):
+    """Euler's method on dx̃/dσ = (x̃ − D(x̃; σ))/σ (Karras et al. 2022, Alg. 2 without the correction).
+
+    ``s_churn`` > 0 adds noise before each step where S_tmin ≤ σ ≤ S_tmax (Alg. 2); the
+    defaults are deterministic. Default: 50 steps on Karras σ's (ρ = 7) between the chain's
+    smallest and largest σ, as diffusers' ``use_karras_sigmas``. ``lambda_min`` (all three
+    Karras samplers) starts at the last timestep with half log-SNR λ ≥ ``lambda_min``: on a
+    schedule ending near ᾱ = 0 (cosine: σ_max ≈ 2·10⁴) most Karras steps otherwise go to pure
+    noise, and few-step Heun is unstable there (−4.4 is EDM's σ_max = 80). NFE = steps.
+
+    .. versionadded:: 0.1.0
+    """
+
+    name = "euler"
+
+    def __init__(
+        self,
+        *,
+        steps: int | None = None,
+        spacing: Spacing | None = None,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = float("inf"),
+        s_noise: float = 1.0,
+        lambda_min: float | None = None,
+        clip_denoised: bool | None = None,
+        dynamic_threshold: float | None = None,
+        denoised_fn: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        super().__init__(
+            steps=steps,
+            spacing=spacing,
+            clip_denoised=clip_denoised,
+            dynamic_threshold=dynamic_threshold,
+            denoised_fn=denoised_fn,
+            lambda_min=lambda_min,
+        )
+        self._churn_init(s_churn, s_tmin, s_tmax, s_noise)
+
+    def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
+        d = plan.denoiser
+        sig = plan.extra
+        n = plan.steps
+        gammas = self._gammas(sig, n)
+        for k in range(start, n):
+            x_hat, s_hat, t_hat = self._churn(plan, x, k, gammas[k], run)
+            s_next = sig[k + 1]
+            a_hat, a_next = 1.0 / math.sqrt(1.0 + s_hat * s_hat), 1.0 / math.sqrt(1.0 + s_next * s_next)
+            pred = d(x_hat, t_hat, alpha_bar=a_hat * a_hat)
+            r = s_next / s_hat
+            x_new = torch.mul(x_hat, a_next * r / a_hat).add_(pred.x0, alpha=a_next * (1.0 - r))
+            state = SamplerState(step=k - start, t=plan.timesteps[k], x=x_new, x0=pred.x0, nfe=d.nfe)
+            yield state
+            x = state.x
+
+
+class Heun(_Karras):
+    """Heun's 2nd-order method (Karras et al. 2022, Alg. 2): an Euler step corrected by the slope at its end.
+
+    The step into σ = 0 stays an Euler step, so NFE = 2·steps − 1. Churn parameters as
+    :class:`Euler`. Default: 25 steps on Karras σ's.
+
+    .. versionadded:: 0.1.0
+    """
+
+    name = "heun"
+    default_steps = 25
+
+    def __init__(
+        self,
+        *,
+        steps: int | None = None,
+        spacing: Spacing | None = None,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = float("inf"),
+        s_noise: float = 1.0,
+        lambda_min: float | None = None,
+        clip_denoised: bool | None = None,
+        dynamic_threshold: float | None = None,
+        denoised_fn: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        super().__init__(
+            steps=steps,
+            spacing=spacing,
+            clip_denoised=clip_denoised,
+            dynamic_threshold=dynamic_threshold,
+            denoised_fn=denoised_fn,
+            lambda_min=lambda_min,
+        )
+        self._churn_init(s_churn, s_tmin, s_tmax, s_noise)
+
+    def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
+        d = plan.denoiser
+        sig = plan.extra
+        n = plan.steps
+        gammas = self._gammas(sig, n)
+        for k in range(start, n):
+            x_hat, s_hat, t_hat = self._churn(plan, x, k, gammas[k], run)
+            s_next = sig[k + 1]
+            a_hat, a_next = 1.0 / math.sqrt(1.0 + s_hat * s_hat), 1.0 / math.sqrt(1.0 + s_next * s_next)
+            pred = d(x_hat, t_hat, alpha_bar=a_hat * a_hat)
+            r = s_next / s_hat
+            x_new = torch.mul(x_hat, a_next * r / a_hat).add_(pred.x0, alpha=a_next * (1.0 - r))
+            if s_next > 0.0:
+                # x̃' = ½x̃ + (½ + dt/2σ')·x̃₂ − dt/2σ'·D₂, the trapezoid of the two slopes, in x's scaling.
+                d2 = d(x_new, _step_t(plan.timesteps[k + 1]), alpha_bar=a_next * a_next).x0
+                half = (s_next - s_hat) / (2.0 * s_next)
+                x_new.mul_(0.5 + half).add_(x_hat, alpha=0.5 * a_next / a_hat).add_(d2, alpha=-a_next * half)
+            state = SamplerState(step=k - start, t=plan.timesteps[k], x=x_new, x0=pred.x0, nfe=d.nfe)
+            yield state
+            x = state.x
+
+
+class EulerAncestral(_Karras):
+    """Euler steps down to σ_down plus fresh noise of std σ_up (k-diffusion's ``sample_euler_ancestral``).
+
+    σ_up = min(σ', η·sqrt(σ'²(σ² − σ'²)/σ²)), σ_down = sqrt(σ'² − σ_up²); ``eta=1`` is
+    diffusers' ``EulerAncestralDiscreteScheduler``. ``return_log_prob`` reports each step's
+    Gaussian log density in the yielded (chain-scaled) x. Default: 50 Karras steps. NFE = steps.
+
+    .. versionadded:: 0.1.0
+    """
+
+    name = "euler-ancestral"
+    stochastic = True
+
+    def __init__(
+        self,
+        *,
+        steps: int | None = None,
+        spacing: Spacing | None = None,
+        eta: float = 1.0,
+        s_noise: float = 1.0,
+        lambda_min: float | None = None,
+        clip_denoised: bool | None = None,
+        dynamic_threshold: float | None = None,
+        denoised_fn: Callable[[Tensor], Tensor] | None = None,
+        return_log_prob: bool = False,
+    ) -> None:
+        super().__init__(
+            steps=steps,
+            spacing=spacing,
+            clip_denoised=clip_denoised,
+            dynamic_threshold=dynamic_threshold,
+            denoised_fn=denoised_fn,
+            lambda_min=lambda_min,
+            return_log_prob=return_log_prob,
+        )
+        self.eta = real("eta", eta, low=0.0)
+        self.s_noise = real("s_noise", s_noise, low=0.0)
+        self.stochastic = self.eta > 0.0 and self.s_noise > 0.0
+
+    def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
+        d = plan.denoiser
+        sig = plan.extra
+        n = plan.steps
+        for k in range(start, n):
+            s, s_next = sig[k], sig[k + 1]
+            a, a_next = 1.0 / math.sqrt(1.0 + s * s), 1.0 / math.sqrt(1.0 + s_next * s_next)
+            s_up = min(s_next, self.eta * math.sqrt(max(s_next**2 * (s**2 - s_next**2) / s**2, 0.0)))
+            s_down = math.sqrt(max(s_next**2 - s_up**2, 0.0))
+            pred = d(x, _step_t(plan.timesteps[k]), alpha_bar=a * a)
+            r = s_down / s
+            x_new = torch.mul(x, a_next * r / a).add_(pred.x0, alpha=a_next * (1.0 - r))
+            log_prob = None
+            std = a_next * s_up * self.s_noise
+            if std > 0.0:
+                noise = run.noise(x)
+                x_new.add_(noise, alpha=std)
+                if run.log_prob:
+                    log_prob = gaussian_log_prob(noise, math.log(std))
+            state = SamplerState(
+                step=k - start, t=plan.timesteps[k], x=x_new, x0=pred.x0, nfe=d.nfe, log_prob=log_prob
+            )
+            yield state
+            x = state.x
