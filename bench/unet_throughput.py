@@ -79,6 +79,7 @@ def build(device: torch.device, dtype: str, channels_last: bool) -> dict[str, to
     gd.load_state_dict(state, strict=True)
     if gd_fp16:
         gd.convert_to_fp16()
+        gd.dtype = torch.float16  # what use_fp16=True sets; forward casts its input to it
     models["guided-diffusion"] = gd
     ours = adm_unet(**FLAGS, use_fp16=False)
     ours.load_state_dict(state, strict=True)
@@ -88,6 +89,7 @@ def build(device: torch.device, dtype: str, channels_last: bool) -> dict[str, to
         gd_cl.load_state_dict(state, strict=True)
         if gd_fp16:
             gd_cl.convert_to_fp16()
+            gd_cl.dtype = torch.float16
         models["guided-diffusion +channels_last"] = gd_cl.to(memory_format=torch.channels_last)
         ours_cl = adm_unet(**FLAGS, use_fp16=False)
         ours_cl.load_state_dict(state, strict=True)

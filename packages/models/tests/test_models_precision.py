@@ -115,3 +115,25 @@ def test_torch_compile_captures_one_graph_that_matches() -> None:
     compiled = torch.compile(model, backend="eager", fullgraph=True)
     with torch.no_grad():
         assert_close(compiled(x, t, y=y), model(x, t, y=y), atol=1e-5, rtol=1e-4)
+
+
+def test_auto_memory_format_gives_back_the_input_layout() -> None:
+    model = tiny().eval()
+    x, t, y = INPUTS
+    with torch.no_grad():
+        model.memory_format = "preserve"
+        expected = model(x, t, y=y)
+        model.memory_format = "auto"  # channels-last inside, for CPU inference
+        out = model(x, t, y=y)
+        out_cl = model(x.contiguous(memory_format=torch.channels_last), t, y=y)
+    assert out.is_contiguous()
+    assert out_cl.is_contiguous(memory_format=torch.channels_last)
+    assert_close(out, expected, atol=5e-5, rtol=1e-4)
+    assert_close(out_cl, expected, atol=5e-5, rtol=1e-4)
+
+
+def test_unknown_memory_format_is_named() -> None:
+    with pytest.raises(
+        ValueError, match="'memory_format' must be one of 'auto', 'channels_last', 'preserve'"
+    ):
+        tiny(memory_format="nhwc")
