@@ -83,6 +83,18 @@ def test_train_writes_a_loadable_pipeline_and_checkpoints(trained: Path) -> None
     assert any(p.name.startswith("ckpt-") for p in trained.iterdir())
 
 
+def test_the_same_config_trains_to_the_same_weights(trained: Path, tmp_path: Path) -> None:
+    # [train] seed fixes the initial weights too, not only the training draws.
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG)
+    again = tmp_path / "again"
+    done = ddkit("train", config, "--out", again, "--device", "cpu", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    first = (trained / "pipeline" / "model.safetensors").read_bytes()
+    second = (again / "pipeline" / "model.safetensors").read_bytes()
+    assert first == second
+
+
 def test_sample_writes_a_grid_and_an_npz(trained: Path) -> None:
     png, npz = trained.parent / "grid.png", trained.parent / "samples.npz"
     done = ddkit(

@@ -103,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = read_config(args.config)
     options, data, steps = trainer_options(cfg, args.steps)
+    import torch
+
+    # Initial weights follow from the config: [train] seed (default 0) seeds torch before building.
+    seed = options.get("seed")
+    torch.manual_seed(0 if seed is None else int(seed))
     pipe = Pipeline.from_config(cfg)
     out = Path(args.out)
     trainer = Trainer(
