@@ -4,7 +4,9 @@ One small ε-MLP is trained on a 2-D 8-Gaussian ring (once; weights cached under
 sampled by every sampler at NFE 5, 10, 20, 50 and 1000 from the same x_T; quality is the
 sliced Wasserstein distance to fresh data (lower is better; ``floor`` is the distance between
 two independent data samples of the same size). diffusers' schedulers run with their default
-configurations (clipping off), driven step by step with the same model.
+configurations (clipping off), driven step by step with the same model. Beside ddkit's
+defaults, three variants: DPM-Solver++ on diffusers' grid (``spacing="linspace"``) and
+Euler/Heun started at λ ≥ −4.4 (EDM's σ_max = 80).
 
     python bench/quality_vs_nfe.py [--schedule cosine] [--json out.json] [--plot out.png]
 """
@@ -29,6 +31,13 @@ import ddkit
 NFES = (5, 10, 20, 50, 1000)
 T = 1000
 DDKIT = ("ddpm", "ddim", "plms", "dpm-solver++", "euler", "heun", "euler-ancestral")
+#: ddkit variants beside the defaults: diffusers' grid for DPM-Solver++ (what blows up on cosine),
+#: and the Karras samplers started at EDM's σ_max = 80 (λ ≥ −4.4).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dpm-solver++ spacing=linspace": ("dpm-solver++", {"spacing": "linspace"}),
+    "euler lambda_min=-4.4": ("euler", {"lambda_min": -4.4}),
+    "heun lambda_min=-4.4": ("heun", {"lambda_min": -4.4}),
+}
 
 
 def steps_for(name: str, nfe: int) -> int:
@@ -43,7 +52,8 @@ def steps_for(name: str, nfe: int) -> int:
 
 
 def ddkit_run(name: str, nfe: int, model: nn.Module, schedule: str, x_T: Tensor) -> tuple[Tensor, int]:
-    sampler = ddkit.create("sampler", name, steps=steps_for(name, nfe))
+    name, params = VARIANTS.get(name, (name, {}))
+    sampler = ddkit.create("sampler", name, steps=steps_for(name, nfe), **params)
     out = sampler.sample(make_denoiser(model, schedule), x_T, generator=torch.Generator().manual_seed(2))
     return out, sampler.last_nfe
 
@@ -117,6 +127,7 @@ def main() -> None:
     parser.add_argument("--schedule", default="cosine", choices=("cosine", "linear"))
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--iters", type=int, default=3000, help="training iterations of the toy model")
+    parser.add_argument("--hidden", type=int, default=64, help="width of the toy MLP")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "ddkit-bench")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
@@ -125,13 +136,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
-    model = train_toy(args.schedule, T=T, iters=args.iters, batch=512, hidden=128, cache_dir=args.cache)
+    model = train_toy(
+        args.schedule, T=T, iters=args.iters, batch=512, hidden=args.hidden, cache_dir=args.cache
+    )
     trained = time.perf_counter() - start
     data = ring8(args.samples, torch.Generator().manual_seed(99))
     floor = sliced_wasserstein(ring8(args.samples, torch.Generator().manual_seed(98)), data)
     x_T = torch.randn(args.samples, 2, generator=torch.Generator().manual_seed(1))
 
-    runs: list[tuple[str, str, Callable[..., Any]]] = [("ddkit", n, ddkit_run) for n in DDKIT]
+    runs: list[tuple[str, str, Callable[..., Any]]] = [("ddkit", n, ddkit_run) for n in (*DDKIT, *VARIANTS)]
     runs += [
         ("diffusers", n, diffusers_run)
         for n in ("ddpm", "ddim", "pndm", "dpm-solver++", "euler", "heun", "euler-ancestral")
@@ -171,7 +184,15 @@ def main() -> None:
         print(f"| {framework} | {name} | " + " | ".join(cells) + " |")
 
     if args.json:
-        payload = {"schedule": args.schedule, "samples": args.samples, "floor": floor, "results": results}
+        payload = {
+            "schedule": args.schedule,
+            "samples": args.samples,
+            "hidden": args.hidden,
+            "iters": args.iters,
+            "floor": floor,
+            "seconds": time.perf_counter() - start,
+            "results": results,
+        }
         args.json.write_text(json.dumps(payload, indent=2))
     if args.plot:
         plot(results, floor, args.schedule, args.plot)
@@ -185,7 +206,11 @@ def plot(results: list[dict[str, Any]], floor: float, schedule: str, path: Path)
     import matplotlib.pyplot as plt
 
     styles = {"ddkit": "-", "diffusers": "--", "guided-diffusion": ":"}
-    fig, ax = plt.subplots(figsize=(8, 5))
+    # One colour per sampler (pndm is diffusers' name for plms), one line style per framework.
+    names = sorted({"plms" if r["sampler"] == "pndm" else r["sampler"] for r in results})
+    cmap = plt.get_cmap("tab20")
+    colors = {name: cmap(i % 20) for i, name in enumerate(names)}
+    fig, ax = plt.subplots(figsize=(9, 5.5))
     keys = sorted({(r["framework"], r["sampler"]) for r in results})
     for framework, name in keys:
         rows = sorted(
@@ -193,8 +218,15 @@ def plot(results: list[dict[str, Any]], floor: float, schedule: str, path: Path)
             key=lambda r: r["nfe"],
         )
         ys = [min(r["sw"], 100.0) for r in rows]
+        color = colors["plms" if name == "pndm" else name]
         ax.plot(
-            [r["nfe"] for r in rows], ys, styles[framework], marker="o", ms=3, label=f"{framework} {name}"
+            [r["nfe"] for r in rows],
+            ys,
+            styles[framework],
+            color=color,
+            marker="o",
+            ms=3,
+            label=f"{framework} {name}",
         )
     ax.axhline(floor, color="gray", lw=0.8, label="data vs data")
     ax.set(xscale="log", yscale="log", xlabel="model evaluations (NFE)", ylabel="sliced Wasserstein to data")

@@ -80,6 +80,14 @@ def machine_line(machine: dict[str, Any], gpu: dict[str, Any] | None = None) -> 
 
 def provenance(env: Envelope) -> str:
     """One line under each table: the command, when, how long, and on what."""
+    if env.get("bare"):
+        device = env.get("result", {}).get("device")
+        return (
+            f"<sub>From `{env['bare']}`, a result file written by the benchmark script itself (not by "
+            "run_all.py or gpu_suite.py): no command, date or machine recorded"
+            + (f" beyond the device it names: {device}" if device else "")
+            + ".</sub>"
+        )
     gpu = env.get("machine", {}).get("gpu")
     bits = [f"`{env.get('command') or env.get('script')}`", env.get("date", "?")]
     if env.get("wall_s") is not None:
@@ -151,33 +159,42 @@ def generic(result: Any) -> str:
 
 def render_sampler_overhead(r: dict[str, Any], files: Path, out_dir: Path) -> tuple[str, float | None]:
     rows = r["rows"]
+    header = [
+        "sampler",
+        "ddkit",
+        "guided-diffusion",
+        "diffusers",
+        "ddkit / diffusers",
+        "ddkit / guided-diffusion",
+    ]
+    noise = any("ratio_without_noise_draw" in x for x in rows)
+    if noise:
+        header.append("ddkit / diffusers without the noise draw")
+
+    def cells(x: dict[str, Any]) -> list[str]:
+        out = [
+            x["sampler"],
+            fmt(x.get("ddkit"), 0),
+            fmt(x.get("guided-diffusion"), 0),
+            fmt(x.get("diffusers"), 0),
+            fmt(x.get("ratio_ddkit_diffusers"), 2, "×"),
+            fmt(x.get("ratio_ddkit_guided"), 2, "×"),
+        ]
+        return [*out, fmt(x.get("ratio_without_noise_draw"), 2, "×")] if noise else out
+
     body = [
         f"Framework overhead per model evaluation, µs (batch {r.get('shape')}, {r.get('steps')} steps, "
         f"{r.get('threads', 1)} thread, median of {r.get('reps')} interleaved runs, the near-free "
         f"model's own {fmt(r.get('model_call_us'), 1)} µs subtracted). Lower is better; the ratio is "
-        "the figure that travels between machines.",
-        "",
-        table(
-            [
-                "sampler",
-                "ddkit",
-                "guided-diffusion",
-                "diffusers",
-                "ddkit / diffusers",
-                "ddkit / guided-diffusion",
-            ],
-            (
-                [
-                    x["sampler"],
-                    fmt(x.get("ddkit"), 0),
-                    fmt(x.get("guided-diffusion"), 0),
-                    fmt(x.get("diffusers"), 0),
-                    fmt(x.get("ratio_ddkit_diffusers"), 2, "×"),
-                    fmt(x.get("ratio_ddkit_guided"), 2, "×"),
-                ]
-                for x in rows
-            ),
+        "the figure that travels between machines."
+        + (
+            f" Stochastic samplers also draw fresh noise each step ({fmt(r.get('noise_draw_us'), 0)} µs for "
+            "this batch with torch.randn, paid by every framework alike); the last column leaves it out."
+            if noise
+            else ""
         ),
+        "",
+        table(header, (cells(x) for x in rows)),
     ]
     png = files / "sampler_overhead.png"
     if _bar_plot(rows, png):
@@ -236,7 +253,7 @@ def render_quality(r: dict[str, Any], files: Path, out_dir: Path) -> tuple[str, 
         for n in nfes:
             hit = by.get((fw, name, n))
             cells.append(
-                "—" if hit is None else fmt(hit["sw"], 3) + ("" if hit["nfe"] == n else f" ({hit['nfe']})")
+                "—" if hit is None else _sw(hit["sw"]) + ("" if hit["nfe"] == n else f" ({hit['nfe']})")
             )
         rows.append([fw, name, *cells])
     text = [
@@ -253,6 +270,13 @@ def render_quality(r: dict[str, Any], files: Path, out_dir: Path) -> tuple[str, 
     if png.exists():
         text += ["", f"![sample quality against NFE]({_rel(png, out_dir)})"]
     return "\n".join(text), None
+
+
+def _sw(value: float) -> str:
+    """A sliced Wasserstein distance: 3 decimals, or 3 significant digits once a sampler has diverged."""
+    if not math.isfinite(value):
+        return "inf" if value > 0 else "nan"
+    return f"{value:.3f}" if value < 100 else f"{value:.3g}"
 
 
 def render_guidance(r: dict[str, Any], files: Path, out_dir: Path) -> tuple[str, float | None]:
@@ -496,17 +520,50 @@ def _rel(path: Path, out_dir: Path) -> str:
     return Path(os.path.relpath(path, out_dir)).as_posix()
 
 
+RUN_FILE = "_run.json"
+
+
+def _read_run(folder: Path) -> dict[str, Any] | None:
+    """What the last measuring run recorded: its command, start and end, and the machine."""
+    try:
+        run = json.loads((folder / RUN_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return run if isinstance(run, dict) and {"command", "started", "finished"} <= set(run) else None
+
+
 def load(folder: Path) -> dict[str, Envelope]:
     found: dict[str, Envelope] = {}
     if folder.is_dir():
         for path in sorted(folder.glob("*.json")):
+            if path.name.startswith(("_", ".")):
+                continue
             try:
                 data = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError):
                 continue
             if isinstance(data, dict) and "benchmark" in data:
                 found[str(data["benchmark"])] = data
+            elif isinstance(data, dict):  # a script's own JSON, not wrapped by run_all.py / gpu_suite.py
+                found[path.stem] = {
+                    "benchmark": path.stem,
+                    "status": "ok",
+                    "result": data,
+                    "bare": f"{path.parent.name}/{path.name}",
+                    "machine": {},
+                    "adapted": [],
+                }
     return found
+
+
+def renderer(key: str) -> Callable[[dict[str, Any], Path, Path], tuple[str, Any]]:
+    """The renderer for ``key``, or for the longest known prefix of it (``train_step_bf16``)."""
+    if key in RENDERERS:
+        return RENDERERS[key]
+    prefixes = [k for k in RENDERERS if key.startswith(k + "_")]
+    if prefixes:
+        return RENDERERS[max(prefixes, key=len)]
+    return lambda r, f, o: (generic(r), None)
 
 
 def section(
@@ -519,7 +576,7 @@ def section(
         lines.append(not_measured(env, f"`{key}`"))
     else:
         try:
-            text, head = RENDERERS.get(key, lambda r, f, o: (generic(r), None))(env["result"], files, out_dir)
+            text, head = renderer(key)(env["result"], files, out_dir)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a result of a changed shape
             text = (
                 f"_This report could not read the result's shape ({type(exc).__name__}: {exc}); raw:_\n\n"
@@ -529,16 +586,36 @@ def section(
     return "\n".join(lines), head
 
 
-def render(results_dir: Path, out: Path, command: str, run_machine: dict[str, Any] | None) -> str:
+def render(results_dir: Path, out: Path, command: str, fresh: bool) -> str:
+    """BENCHMARKS.md from ``results_dir``; ``command`` rendered it, ``fresh``: right after measuring."""
     cpu_dir, gpu_dir = results_dir / "cpu", results_dir / "gpu"
     cpu, gpu = load(cpu_dir), load(gpu_dir)
     out_dir = out.parent.resolve()
-    machine = run_machine or next((e["machine"] for e in cpu.values() if e.get("machine")), machine_info())
+    run = _read_run(cpu_dir)
+    machine = (run or {}).get("machine") or next(
+        (e["machine"] for e in cpu.values() if e.get("machine")), machine_info()
+    )
     dates = sorted(str(e["date"]) for e in cpu.values() if e.get("date"))
     packages = machine.get("packages", {})
     refs = [
         f"{d} {packages[d]}" for d in ("guided-diffusion-sdk", "diffusers", "k-diffusion") if d in packages
     ]
+    if fresh and run:
+        head = [f"- **Command:** {command}", f"- **Date:** {run['started']} to {run['finished']}"]
+    elif run:
+        head = [
+            f"- **Command:** {run['command']} measured the CPU figures ({run['started']} to "
+            f"{run['finished']}); {command} rendered this file ({now()})",
+        ]
+    else:
+        span = f" (CPU measurements from {dates[0]} to {dates[-1]})" if dates else ""
+        head = [f"- **Command:** {command}", f"- **Date:** {now()}{span}"]
+
+    if run and dates and (dates[0] < run["started"] or dates[-1] > run["finished"]):
+        head.append(
+            f"- **Note:** some CPU results were measured outside that run (from {dates[0]} to "
+            f"{dates[-1]}): each table's footer says when"
+        )
 
     parts = [
         "# ddkit benchmarks",
@@ -546,13 +623,7 @@ def render(results_dir: Path, out: Path, command: str, run_machine: dict[str, An
         "<!-- Generated by bench/report.py: do not edit by hand; change bench/ and rerun the command "
         "below. -->",
         "",
-        f"- **Command:** {command}",
-        f"- **Date:** {now()}"
-        + (
-            ""
-            if run_machine or not dates
-            else f" (rendered; CPU measurements from {dates[0]} to {dates[-1]})"
-        ),
+        *head,
         f"- **Machine (CPU figures):** {machine_line(machine)}",
         f"- **References:** {', '.join(refs) or 'none installed'}"
         + ("" if "k-diffusion" in packages else " (k-diffusion not installed: see bench/README.md)"),
@@ -564,6 +635,11 @@ def render(results_dir: Path, out: Path, command: str, run_machine: dict[str, An
             f"- **GPU figures:** measured {env_gpu.get('date')} on {machine_line(env_gpu['machine'], g)} by "
             f"`{env_gpu.get('command', 'bench/gpu_suite.py')}`, read from `{_rel(gpu_dir, out_dir)}/*.json`; "
             f"xformers: {g.get('xformers', {}).get('status', '?')}"
+        )
+    elif gpu:
+        parts.append(
+            f"- **GPU figures:** from `{_rel(gpu_dir, out_dir)}/*.json`, without an environment.json "
+            "(written by bench/gpu_suite.py): the device is named in each table where the file records it"
         )
     else:
         parts.append(
@@ -584,13 +660,22 @@ def render(results_dir: Path, out: Path, command: str, run_machine: dict[str, An
         cpu_text.append(text)
         heads[key] = head
     gpu_text, gpu_heads = [], {}
+    gpu_titles: dict[str, str] = {}
     if gpu:
-        for i, (key, title) in enumerate(GPU_SECTIONS, 1):
+        sections = [s for s in GPU_SECTIONS if s[0] in gpu or not any(k.startswith(s[0] + "_") for k in gpu)]
+        known = {key for key, _ in sections}
+        base = dict(CPU_SECTIONS)
+        for key in gpu:
+            if key not in known and key != "environment":
+                prefix = max((k for k in base if key.startswith(k + "_")), key=len, default=None)
+                sections.append((key, f"{base[prefix]} (`{key}`)" if prefix else f"`{key}`"))
+        for i, (key, title) in enumerate(sections, 1):
             text, head = section(f"G{i}.", key, title, gpu, gpu_dir, out_dir)
             gpu_text.append(text)
             gpu_heads[key] = head
+            gpu_titles[key] = title
 
-    parts += ["## Summary", "", _summary(heads, gpu_heads, cpu, gpu), "", "## CPU", ""]
+    parts += ["## Summary", "", _summary(heads, gpu_heads, gpu_titles, cpu, gpu), "", "## CPU", ""]
     parts += ["\n\n".join(cpu_text), ""]
     if gpu:
         parts += ["## GPU", ""]
@@ -610,6 +695,7 @@ def render(results_dir: Path, out: Path, command: str, run_machine: dict[str, An
 def _summary(
     heads: dict[str, Any],
     gpu_heads: dict[str, Any],
+    gpu_titles: dict[str, str],
     cpu: dict[str, Envelope],
     gpu: dict[str, Envelope],
 ) -> str:
@@ -648,19 +734,20 @@ def _summary(
         unit = "" if key == "guidance_accuracy" else "×"
         for part, v in value.items():
             rows.append([f"{label}: {part}", "(no target)", fmt(v, 2 if unit else 3, unit) + quick, ""])
-    for key, label in (
-        ("sampling_speed", "GPU sampling steps/s, ddkit bf16 / guided-diffusion fp16"),
-        ("unet_throughput", "GPU U-Net throughput, ddkit bf16 / guided-diffusion fp16"),
-        ("train_step_fp16", "GPU Trainer step fp16, ddkit / guided-diffusion"),
-        ("attention_memory", "GPU peak memory of sampling at 64×64, backend"),
-    ):
-        if key in gpu:
-            value = gpu_heads.get(key)
-            values = value if isinstance(value, dict) else {"": value}
-            quick = " (quick run)" if gpu[key].get("quick") else ""
-            for part, v in values.items():
-                name = f"{label}: {part}" if part else label
-                rows.append([name, "(no target)", fmt(v, 2, "×") + quick if v is not None else "—", ""])
+    gpu_labels = {
+        "sampling_speed": "GPU sampling steps/s, ddkit bf16 / guided-diffusion fp16",
+        "unet_throughput": "GPU U-Net throughput, ddkit bf16 / guided-diffusion fp16",
+        "attention_memory": "GPU peak memory of sampling at 64×64, backend",
+    }
+    for key, value in gpu_heads.items():
+        if value is None or key not in gpu:
+            continue
+        label = gpu_labels.get(key) or f"GPU {gpu_titles.get(key, key)}, ddkit / guided-diffusion"
+        values = value if isinstance(value, dict) else {"": value}
+        quick = " (quick run)" if gpu[key].get("quick") else ""
+        for part, v in values.items():
+            name = f"{label}: {part}" if part else label
+            rows.append([name, "(no target)", fmt(v, 2, "×") + quick if v is not None else "—", ""])
     return table(["figure", "target", "measured", "met"], rows, ["---", "---", "---:", "---"])
 
 
@@ -691,11 +778,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         del rest[i : i + 2]
     invoked = shlex.join(["python", "bench/report.py", *rest])
     shown = f"`{args.command}` (runs `{invoked}`)" if args.command else f"`{invoked}`"
-    run_machine = None
     if not args.no_run:
-        run_machine = machine_info()
+        run = {"command": shown, "started": now(), "machine": machine_info(), "quick": args.quick}
         run_all(results / "cpu", quick=args.quick, only=args.only)
-    text = render(results, out, shown, run_machine)
+        run["finished"] = now()
+        (results / "cpu" / RUN_FILE).write_text(json.dumps(run, indent=2))
+    text = render(results, out, shown, fresh=not args.no_run)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(f"wrote {out}")

@@ -6,7 +6,12 @@ framework's overhead. Every configuration runs once per repetition, interleaved,
 machine load hit all alike; medians are reported, with ddkit's ratio to diffusers.
 Clipping of x_0 is off everywhere (diffusers' DPM-Solver++ has none), variance fixed-small.
 
-    python bench/sampler_overhead.py [--reps 15] [--steps 50] [--json out.json]
+    python bench/sampler_overhead.py [--reps 15] [--steps 50] [--json out.json] [--proposed-core-patch]
+
+``--proposed-core-patch`` also times ddkit with the core changes of :class:`ProposedCorePatch`
+(monkeypatched in, toggled per run), to measure what they would buy. For the ancestral samplers
+the noise draw (one ``torch.randn`` of the batch per step, the same in every framework) is timed
+too and the ratio without it printed.
 """
 
 from __future__ import annotations

@@ -108,3 +108,25 @@ def test_channels_last_input_gives_the_same_attention() -> None:
     x = torch.randn(2, 64, 4, 4)
     out = block(x.contiguous(memory_format=torch.channels_last))
     assert_close(out, block(x))
+
+
+def test_auto_skips_an_xformers_whose_kernel_refuses_to_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An xformers built for another torch/CUDA imports fine but its kernel raises: auto must not pick it.
+    import sys
+    import types
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise NotImplementedError("xFormers wasn't built with CUDA support")
+
+    fake = types.ModuleType("xformers")
+    ops = types.ModuleType("xformers.ops")
+    ops.memory_efficient_attention = refuse  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "xformers", fake)
+    monkeypatch.setitem(sys.modules, "xformers.ops", ops)
+    monkeypatch.setattr(attn_mod, "xformers_available", lambda: True)
+    attn_mod.xformers_runs.cache_clear()
+    try:
+        assert attn_mod.resolve_backend("auto", torch.device("cuda")) == "sdpa"
+        assert attn_mod.resolve_backend("auto", torch.device("cpu")) == "sdpa"
+    finally:
+        attn_mod.xformers_runs.cache_clear()

@@ -8,7 +8,9 @@ Backends:
   kernels where PyTorch has them, CPU included);
 - ``"math"``: the reference's explicit softmax(q·kᵀ)·v, q and k each pre-scaled by
   ``ch^-1/4`` and the softmax taken in float32;
-- ``"auto"``: xformers on CUDA when importable, else sdpa, else math.
+- ``"auto"``: xformers on CUDA when its kernel actually runs there (probed once per device:
+  an xformers build for another torch or CUDA imports fine but refuses to run), else sdpa,
+  else math.
 
 All three compute the same function (softmax with scale ``1/sqrt(ch)``) and agree to
 floating-point tolerance. guided-diffusion has two ways of splitting the ``qkv``
@@ -40,6 +42,7 @@ __all__ = [
     "resolve_backend",
     "split_heads",
     "xformers_available",
+    "xformers_runs",
 ]
 
 AttentionBackend = Literal["auto", "xformers", "sdpa", "math"]
@@ -62,6 +65,20 @@ def xformers_available() -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=8)
+def xformers_runs(device: torch.device) -> bool:
+    """Whether xformers' attention kernel runs on ``device`` (a tiny call, probed once per device)."""
+    if device.type != "cuda" or not xformers_available():
+        return False
+    try:
+        xops: Any = importlib.import_module("xformers.ops")
+        q = torch.zeros(1, 8, 1, 32, device=device, dtype=torch.float16)
+        xops.memory_efficient_attention(q, q, q)
+    except Exception:  # e.g. "xFormers wasn't built with CUDA support" for this torch
+        return False
+    return True
+
+
 def check_backend(backend: str) -> AttentionBackend:
     """Validate a backend name; asking for xformers without it installed fails here, early."""
     if backend not in BACKENDS:
@@ -77,7 +94,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     """The kernel ``backend`` means on ``device``: ``auto`` picks the fastest available."""
     if backend != "auto":
         return backend
-    if device.type == "cuda" and xformers_available():
+    if device.type == "cuda" and xformers_runs(device):
         return "xformers"
     if hasattr(F, "scaled_dot_product_attention"):
         return "sdpa"
