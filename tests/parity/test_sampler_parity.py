@@ -103,6 +103,7 @@ CASES = [
     ("cosine", 100, 20, "x0", "fixed-large", False),
     ("linear", 100, None, "previous-x", "fixed-small", True),
     ("cosine", 100, 10, "epsilon", "fixed-small", True),
+    ("linear", 1000, None, "epsilon", "fixed-small", True),
 ]
 
 

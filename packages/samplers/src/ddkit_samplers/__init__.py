@@ -2,16 +2,37 @@
 
 Each sampler is a :class:`ddkit.sampling.SamplerBase`: built by ``ddkit.create("sampler", name,
 **params)``, it walks a :class:`ddkit.denoiser.Denoiser` from noise to data and yields a
-:class:`ddkit.SamplerState` per step.
+:class:`ddkit.SamplerState` per step. Submodules are imported on first use, so that listing
+plugins (which imports this package for its ``_plugin`` module) stays cheap.
 """
 
 from __future__ import annotations
 
-from ddkit_samplers.ddim import DDIM
-from ddkit_samplers.ddpm import DDPM
-from ddkit_samplers.dpm_solver import DPMSolverPP
-from ddkit_samplers.karras import Euler, EulerAncestral, Heun
-from ddkit_samplers.plms import PLMS
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ddkit_samplers.ddim import DDIM
+    from ddkit_samplers.ddpm import DDPM
+    from ddkit_samplers.dpm_solver import DPMSolverPP
+    from ddkit_samplers.karras import Euler, EulerAncestral, Heun
+    from ddkit_samplers.plms import PLMS
 
 __all__ = ["DDIM", "DDPM", "PLMS", "DPMSolverPP", "Euler", "EulerAncestral", "Heun"]
 __version__ = "0.1.0"
+
+_WHERE = {
+    "DDIM": "ddim",
+    "DDPM": "ddpm",
+    "PLMS": "plms",
+    "DPMSolverPP": "dpm_solver",
+    "Euler": "karras",
+    "EulerAncestral": "karras",
+    "Heun": "karras",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"ddkit_samplers.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'ddkit_samplers' has no attribute {name!r}")
