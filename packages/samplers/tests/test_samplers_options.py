@@ -234,7 +234,9 @@ def test_euler_ancestral_log_prob_matches_its_gaussian() -> None:
         else:
             assert state.log_prob is not None
             expected = normal_log_prob(state.x, mean, a_next * s_up)
-            assert torch.allclose(state.log_prob.double(), expected, rtol=1e-4, atol=1e-3)
+            # At the small σ of the late steps float32 rounding of the mean (~5e-5) is ~1e-3 of
+            # the noise std; a wrong density would be off by O(log σ), far more than 1e-2.
+            assert torch.allclose(state.log_prob.double(), expected, rtol=1e-4, atol=1e-2)
         x = state.x
 
 

@@ -147,7 +147,6 @@ class Parameterization(Protocol):
         ...
 
 
-@dataclass(slots=True)
 class SamplerState:
     """One state of a sampling trajectory, yielded after each step.
 
@@ -155,14 +154,43 @@ class SamplerState:
     after the step (x_0 after the last); ``x0`` the model's prediction of the clean
     sample; ``log_prob`` the per-sample log density of the transition a stochastic
     sampler drew (``None`` for deterministic steps); ``nfe`` the model evaluations so far.
+
+    A sampler may pass the step's :class:`Prediction` as ``x0``: its x̂_0 is then computed
+    only if someone reads ``state.x0`` (``sample()`` never does).
     """
 
-    step: int
-    t: float
-    x: Tensor
-    x0: Tensor
-    nfe: int
-    log_prob: Tensor | None = None
+    __slots__ = ("_x0", "log_prob", "nfe", "step", "t", "x")
+
+    def __init__(
+        self,
+        step: int,
+        t: float,
+        x: Tensor,
+        x0: Tensor | Prediction,
+        nfe: int,
+        log_prob: Tensor | None = None,
+    ) -> None:
+        self.step = step
+        self.t = t
+        self.x = x
+        self._x0 = x0
+        self.nfe = nfe
+        self.log_prob = log_prob
+
+    @property
+    def x0(self) -> Tensor:
+        """The model's prediction of the clean sample at this step."""
+        x0 = self._x0
+        if type(x0) is Prediction:
+            x0 = self._x0 = x0.x0
+        return x0  # type: ignore[return-value]
+
+    @x0.setter
+    def x0(self, value: Tensor) -> None:
+        self._x0 = value
+
+    def __repr__(self) -> str:
+        return f"SamplerState(step={self.step}, t={self.t}, nfe={self.nfe}, x=Tensor{tuple(self.x.shape)})"
 
 
 @runtime_checkable

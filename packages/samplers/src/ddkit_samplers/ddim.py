@@ -6,7 +6,6 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ddkit.denoiser import Denoiser
@@ -82,7 +81,7 @@ class DDIM(SamplerBase):
             i = n - 1 - k
             c_x, c_x0, sigma = coefs[i]
             pred = d(x, i)
-            x_new = torch.mul(x, c_x).add_(pred.x0, alpha=c_x0)
+            x_new = pred.blend_x0(c_x, x, c_x0)
             log_prob = None
             if sigma > 0.0:
                 noise = run.noise(x)
@@ -90,7 +89,7 @@ class DDIM(SamplerBase):
                 if run.log_prob:
                     log_prob = gaussian_log_prob(noise, math.log(sigma))
             state = SamplerState(
-                step=k - start, t=plan.timesteps[k], x=x_new, x0=pred.x0, nfe=d.nfe, log_prob=log_prob
+                step=k - start, t=plan.timesteps[k], x=x_new, x0=pred, nfe=d.nfe, log_prob=log_prob
             )
             yield state
             x = state.x
@@ -138,7 +137,7 @@ class DDIM(SamplerBase):
             ab, ab_next = float(chain.alphas_cumprod[i]), float(chain.alphas_cumprod_next[i])
             c_x, c_x0 = _weights(ab, ab_next, math.sqrt(1.0 - ab_next))
             pred = d(x, i)
-            x_new = torch.mul(x, c_x).add_(pred.x0, alpha=c_x0)
-            state = SamplerState(step=i, t=plan.timesteps[-1 - i], x=x_new, x0=pred.x0, nfe=d.nfe)
+            x_new = pred.blend_x0(c_x, x, c_x0)
+            state = SamplerState(step=i, t=plan.timesteps[-1 - i], x=x_new, x0=pred, nfe=d.nfe)
             yield state
             x = state.x

@@ -73,7 +73,7 @@ class DDPM(SamplerBase):
             log_prob = None
             if fast:
                 pred = d(x, i)
-                x_new = torch.mul(pred.x0, c1[i]).add_(x, alpha=c2[i])
+                x_new = pred.blend_x0(c2[i], x, c1[i])
                 if i > 0:
                     noise = run.noise(x)
                     x_new.add_(noise, alpha=std[i])
@@ -91,7 +91,7 @@ class DDPM(SamplerBase):
                     if run.log_prob:
                         log_prob = gaussian_log_prob(noise, half)
             state = SamplerState(
-                step=k - start, t=plan.timesteps[k], x=x_new, x0=pred.x0, nfe=d.nfe, log_prob=log_prob
+                step=k - start, t=plan.timesteps[k], x=x_new, x0=pred, nfe=d.nfe, log_prob=log_prob
             )
             yield state
             x = state.x

@@ -173,6 +173,6 @@ class DPMSolverPP(SamplerBase):
                 x_new = torch.mul(x, ratio)
                 for w, m in zip(weights, history):
                     x_new.add_(m, alpha=w)
-            state = SamplerState(step=k - start, t=t, x=x_new, x0=pred.x0, nfe=d.nfe)
+            state = SamplerState(step=k - start, t=t, x=x_new, x0=pred, nfe=d.nfe)
             yield state
             x = state.x

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -97,7 +98,60 @@ class _Karras(SamplerBase):
         return x_hat, s_hat, float(sigma_to_t(np.array([s_hat]), ac)[0])
 
 
-class Euler(_Karras):
+class _ChurnSolver(_Karras):
+    """Euler or Heun on the σ ODE with Karras's optional churn; ``second_order`` picks Heun."""
+
+    second_order: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        steps: int | None = None,
+        spacing: Spacing | None = None,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = float("inf"),
+        s_noise: float = 1.0,
+        lambda_min: float | None = None,
+        clip_denoised: bool | None = None,
+        dynamic_threshold: float | None = None,
+        denoised_fn: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        super().__init__(
+            steps=steps,
+            spacing=spacing,
+            clip_denoised=clip_denoised,
+            dynamic_threshold=dynamic_threshold,
+            denoised_fn=denoised_fn,
+            lambda_min=lambda_min,
+        )
+        self._churn_init(s_churn, s_tmin, s_tmax, s_noise)
+
+    def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
+        d = plan.denoiser
+        sig = plan.extra
+        n = plan.steps
+        gammas = self._gammas(sig, n)
+        for k in range(start, n):
+            x_hat, s_hat, t_hat = self._churn(plan, x, k, gammas[k], run)
+            s_next = sig[k + 1]
+            a_hat, a_next = 1.0 / math.sqrt(1.0 + s_hat * s_hat), 1.0 / math.sqrt(1.0 + s_next * s_next)
+            pred = d(x_hat, t_hat, alpha_bar=a_hat * a_hat)
+            r = s_next / s_hat
+            x_new = pred.blend_x0(a_next * r / a_hat, x_hat, a_next * (1.0 - r))
+            if self.second_order and s_next > 0.0:
+                # x̃' = ½x̃ + (½ + dt/2σ')·x̃₂ − dt/2σ'·D₂, the trapezoid of the two slopes, in x's scaling.
+                pred2 = d(x_new, _step_t(plan.timesteps[k + 1]), alpha_bar=a_next * a_next)
+                half = (s_next - s_hat) / (2.0 * s_next)
+                x_new = pred2.blend_x0(0.5 + half, x_new, -a_next * half).add_(
+                    x_hat, alpha=0.5 * a_next / a_hat
+                )
+            state = SamplerState(step=k - start, t=plan.timesteps[k], x=x_new, x0=pred, nfe=d.nfe)
+            yield state
+            x = state.x
+
+
+class Euler(_ChurnSolver):
     """Euler's method on dx̃/dσ = (x̃ − D(x̃; σ))/σ (Karras et al. 2022, Alg. 2 without the correction).
 
     ``s_churn`` > 0 adds noise before each step where S_tmin ≤ σ ≤ S_tmax (Alg. 2); the
@@ -112,48 +166,8 @@ class Euler(_Karras):
 
     name = "euler"
 
-    def __init__(
-        self,
-        *,
-        steps: int | None = None,
-        spacing: Spacing | None = None,
-        s_churn: float = 0.0,
-        s_tmin: float = 0.0,
-        s_tmax: float = float("inf"),
-        s_noise: float = 1.0,
-        lambda_min: float | None = None,
-        clip_denoised: bool | None = None,
-        dynamic_threshold: float | None = None,
-        denoised_fn: Callable[[Tensor], Tensor] | None = None,
-    ) -> None:
-        super().__init__(
-            steps=steps,
-            spacing=spacing,
-            clip_denoised=clip_denoised,
-            dynamic_threshold=dynamic_threshold,
-            denoised_fn=denoised_fn,
-            lambda_min=lambda_min,
-        )
-        self._churn_init(s_churn, s_tmin, s_tmax, s_noise)
 
-    def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
-        d = plan.denoiser
-        sig = plan.extra
-        n = plan.steps
-        gammas = self._gammas(sig, n)
-        for k in range(start, n):
-            x_hat, s_hat, t_hat = self._churn(plan, x, k, gammas[k], run)
-            s_next = sig[k + 1]
-            a_hat, a_next = 1.0 / math.sqrt(1.0 + s_hat * s_hat), 1.0 / math.sqrt(1.0 + s_next * s_next)
-            pred = d(x_hat, t_hat, alpha_bar=a_hat * a_hat)
-            r = s_next / s_hat
-            x_new = torch.mul(x_hat, a_next * r / a_hat).add_(pred.x0, alpha=a_next * (1.0 - r))
-            state = SamplerState(step=k - start, t=plan.timesteps[k], x=x_new, x0=pred.x0, nfe=d.nfe)
-            yield state
-            x = state.x
-
-
-class Heun(_Karras):
+class Heun(_ChurnSolver):
     """Heun's 2nd-order method (Karras et al. 2022, Alg. 2): an Euler step corrected by the slope at its end.
 
     The step into σ = 0 stays an Euler step, so NFE = 2·steps − 1. Churn parameters as
@@ -164,51 +178,7 @@ class Heun(_Karras):
 
     name = "heun"
     default_steps = 25
-
-    def __init__(
-        self,
-        *,
-        steps: int | None = None,
-        spacing: Spacing | None = None,
-        s_churn: float = 0.0,
-        s_tmin: float = 0.0,
-        s_tmax: float = float("inf"),
-        s_noise: float = 1.0,
-        lambda_min: float | None = None,
-        clip_denoised: bool | None = None,
-        dynamic_threshold: float | None = None,
-        denoised_fn: Callable[[Tensor], Tensor] | None = None,
-    ) -> None:
-        super().__init__(
-            steps=steps,
-            spacing=spacing,
-            clip_denoised=clip_denoised,
-            dynamic_threshold=dynamic_threshold,
-            denoised_fn=denoised_fn,
-            lambda_min=lambda_min,
-        )
-        self._churn_init(s_churn, s_tmin, s_tmax, s_noise)
-
-    def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
-        d = plan.denoiser
-        sig = plan.extra
-        n = plan.steps
-        gammas = self._gammas(sig, n)
-        for k in range(start, n):
-            x_hat, s_hat, t_hat = self._churn(plan, x, k, gammas[k], run)
-            s_next = sig[k + 1]
-            a_hat, a_next = 1.0 / math.sqrt(1.0 + s_hat * s_hat), 1.0 / math.sqrt(1.0 + s_next * s_next)
-            pred = d(x_hat, t_hat, alpha_bar=a_hat * a_hat)
-            r = s_next / s_hat
-            x_new = torch.mul(x_hat, a_next * r / a_hat).add_(pred.x0, alpha=a_next * (1.0 - r))
-            if s_next > 0.0:
-                # x̃' = ½x̃ + (½ + dt/2σ')·x̃₂ − dt/2σ'·D₂, the trapezoid of the two slopes, in x's scaling.
-                d2 = d(x_new, _step_t(plan.timesteps[k + 1]), alpha_bar=a_next * a_next).x0
-                half = (s_next - s_hat) / (2.0 * s_next)
-                x_new.mul_(0.5 + half).add_(x_hat, alpha=0.5 * a_next / a_hat).add_(d2, alpha=-a_next * half)
-            state = SamplerState(step=k - start, t=plan.timesteps[k], x=x_new, x0=pred.x0, nfe=d.nfe)
-            yield state
-            x = state.x
+    second_order = True
 
 
 class EulerAncestral(_Karras):
@@ -261,7 +231,7 @@ class EulerAncestral(_Karras):
             s_down = math.sqrt(max(s_next**2 - s_up**2, 0.0))
             pred = d(x, _step_t(plan.timesteps[k]), alpha_bar=a * a)
             r = s_down / s
-            x_new = torch.mul(x, a_next * r / a).add_(pred.x0, alpha=a_next * (1.0 - r))
+            x_new = pred.blend_x0(a_next * r / a, x, a_next * (1.0 - r))
             log_prob = None
             std = a_next * s_up * self.s_noise
             if std > 0.0:
@@ -270,7 +240,7 @@ class EulerAncestral(_Karras):
                 if run.log_prob:
                     log_prob = gaussian_log_prob(noise, math.log(std))
             state = SamplerState(
-                step=k - start, t=plan.timesteps[k], x=x_new, x0=pred.x0, nfe=d.nfe, log_prob=log_prob
+                step=k - start, t=plan.timesteps[k], x=x_new, x0=pred, nfe=d.nfe, log_prob=log_prob
             )
             yield state
             x = state.x

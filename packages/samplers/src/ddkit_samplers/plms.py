@@ -61,27 +61,28 @@ class PLMS(SamplerBase):
         chain = d.process
         n = chain.num_timesteps
         history: list[Tensor] = []  # past ε predictions, newest last
+        terms: tuple[tuple[float, Tensor], ...]
         for k in range(start, n):
             i = n - 1 - k
             ab, ab_prev = float(chain.alphas_cumprod[i]), float(chain.alphas_cumprod_prev[i])
+            # x_{t-1} = sqrt(ᾱ_prev)·x0(ε') + sqrt(1 − ᾱ_prev)·ε', with x0(ε') read off x_t.
+            c_x = math.sqrt(ab_prev / ab)
+            c_eps = math.sqrt(1.0 - ab_prev) - math.sqrt(ab_prev * (1.0 - ab) / ab)
             pred = d(x, i)
             eps = pred.eps
             if not history and i > 0:
                 # Pseudo improved Euler: average ε at x_t and at the DDIM step's x_{t-1}.
-                x_mid = torch.mul(pred.x0, math.sqrt(ab_prev)).add_(eps, alpha=math.sqrt(1.0 - ab_prev))
-                eps_used = torch.add(eps, d(x_mid, i - 1).eps).mul_(0.5)
+                x_mid = torch.mul(x, c_x).add_(eps, alpha=c_eps)
+                terms = ((0.5, eps), (0.5, d(x_mid, i - 1).eps))
             else:
-                weights = _AB[min(len(history), 3)]
-                eps_used = torch.mul(eps, weights[0])
-                for w, past in zip(weights[1:], reversed(history)):
-                    eps_used.add_(past, alpha=w)
-            # x_{t-1} = sqrt(ᾱ_prev)·x0(ε') + sqrt(1 − ᾱ_prev)·ε', with x0(ε') read off x_t.
-            c_x = math.sqrt(ab_prev / ab)
-            c_eps = math.sqrt(1.0 - ab_prev) - math.sqrt(ab_prev * (1.0 - ab) / ab)
-            x_new = torch.mul(x, c_x).add_(eps_used, alpha=c_eps)
+                terms = tuple(zip(_AB[min(len(history), 3)], (eps, *reversed(history))))
+            # ε' = Σ w_j·ε_j folded into the step: x_{t-1} = c_x·x + Σ c_eps·w_j·ε_j.
+            x_new = torch.mul(x, c_x)
+            for w, e in terms:
+                x_new.add_(e, alpha=c_eps * w)
             history.append(eps)
             if len(history) > 3:
                 history.pop(0)
-            state = SamplerState(step=k - start, t=plan.timesteps[k], x=x_new, x0=pred.x0, nfe=d.nfe)
+            state = SamplerState(step=k - start, t=plan.timesteps[k], x=x_new, x0=pred, nfe=d.nfe)
             yield state
             x = state.x

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ddkit.diffusion.process import Coef, GaussianProcess, Step
-from ddkit.prediction import Prediction
+from ddkit.prediction import Linear, Prediction
 
 __all__ = [
     "PREDICTIONS",
@@ -143,22 +143,30 @@ class GaussianParameterization:
         """
         clip = self.clip_denoised if clip_denoised is None else clip_denoised
         mean_part, var_part = self.split(output, x_t)
-        raw_x0 = self._raw_x0(process, mean_part, x_t, t, alpha_bar)
-        x0 = raw_x0
-        if denoised_fn is not None:
-            x0 = denoised_fn(x0)
-        if clip:
-            x0 = x0.clamp(-1, 1)
-        if self.prediction == "epsilon" and x0 is raw_x0:
-            eps = mean_part
+        x0: Tensor | Linear
+        eps: Tensor | Linear
+        if denoised_fn is None and not clip and self.prediction != "previous-x":
+            # x_0 and ε are linear in (x_t, output): keep them as forms, computed when read.
+            if self.prediction == "epsilon":
+                x0, eps = process.linear_x0_from_eps(x_t, t, mean_part, alpha_bar), mean_part
+            elif self.prediction == "v":
+                x0 = process.linear_x0_from_v(x_t, t, mean_part, alpha_bar)
+                eps = process.linear_eps_from_v(x_t, t, mean_part, alpha_bar)
+            else:
+                x0, eps = mean_part, process.linear_eps_from_x0(x_t, t, mean_part, alpha_bar)
         else:
-            eps = process.eps_from_x0(x_t, t, x0, alpha_bar)
+            x0 = self._raw_x0(process, mean_part, x_t, t, alpha_bar)
+            if denoised_fn is not None:
+                x0 = denoised_fn(x0)
+            if clip:
+                x0 = x0.clamp(-1, 1)
+            eps = process.linear_eps_from_x0(x_t, t, x0, alpha_bar)
         pred = Prediction(x0=x0, eps=eps, model_output=output)
         if posterior:
             if self.prediction == "previous-x":
                 pred.mean = mean_part
             else:
-                pred.mean = process.q_posterior_mean(x0, x_t, t)
+                pred.mean = process.q_posterior_mean(pred.x0, x_t, t)
             pred.variance, pred.log_variance = self.variance_of(process, var_part, t, x_t)
         return pred
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ddkit.diffusion.respace import space_timesteps
+from ddkit.prediction import Linear, combine
 
 __all__ = ["Coef", "GaussianProcess", "Step", "validate_betas"]
 
@@ -42,7 +43,20 @@ _TABLES = (
     "fixed_large_log_variance",
     "recip_posterior_mean_coef1",
     "posterior_mean_coef2_over_coef1",
+    "eps_x0_a",
+    "eps_x0_c",
+    "eps_x0_s",
 )
+
+
+def _eps_from_x0_coefs(alpha_bar: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, c, s) with eps = (a·x_t − c·x_0)·s, finite for every ᾱ in [0, 1)."""
+    zero = alpha_bar <= 0.0
+    safe = np.where(zero, 0.5, alpha_bar)
+    a = np.where(zero, 1.0, np.sqrt(1.0 / safe))
+    c = np.where(zero, 0.0, 1.0)
+    s = np.where(zero, 1.0, 1.0 / np.sqrt(1.0 / safe - 1.0))
+    return a, c, s
 
 
 def validate_betas(betas: Sequence[float] | np.ndarray | Tensor) -> np.ndarray:
@@ -91,6 +105,9 @@ class GaussianProcess:
     fixed_large_log_variance: np.ndarray
     recip_posterior_mean_coef1: np.ndarray
     posterior_mean_coef2_over_coef1: np.ndarray
+    eps_x0_a: np.ndarray
+    eps_x0_c: np.ndarray
+    eps_x0_s: np.ndarray
 
     def __init__(
         self,
@@ -140,12 +157,19 @@ class GaussianProcess:
                 "fixed_large_log_variance": np.log(large),
                 "recip_posterior_mean_coef1": 1.0 / coef1,
                 "posterior_mean_coef2_over_coef1": coef2 / coef1,
+                # eps = (a·x_t − c·x_0)·s: guided-diffusion's (sqrt(1/ᾱ)·x_t − x_0)/sqrt(1/ᾱ − 1)
+                # where ᾱ > 0, and x_t itself where ᾱ = 0 (its limit; theirs is NaN there).
+                **dict(zip(("eps_x0_a", "eps_x0_c", "eps_x0_s"), _eps_from_x0_coefs(ac))),
             }
         for name, value in tables.items():
             setattr(self, name, value)
         self._cache: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
         self._floats: dict[str, list[float]] = {}
         self._map_cache: dict[torch.device, Tensor] = {}
+        self._step_t_cache: dict[tuple[int, int, torch.device], Tensor] = {}
+        self._is_respaced = self.num_timesteps != self.original_num_steps or not np.array_equal(
+            self.timestep_map, np.arange(self.num_timesteps)
+        )
 
     @classmethod
     def from_alphas_cumprod(cls, alphas_cumprod: np.ndarray, **kwargs: object) -> GaussianProcess:
@@ -221,7 +245,20 @@ class GaussianProcess:
         return float(np.exp(log_lo * (1 - frac) + log_hi * frac))
 
     def model_timesteps(self, t: Step, batch: int, device: torch.device | str) -> Tensor:
-        """The timesteps the network is fed for step ``t`` of this chain (training indices)."""
+        """The timesteps the network is fed for step ``t`` of this chain (training indices).
+
+        For a Python-int step the tensor is built once per (step, batch, device) and reused:
+        a sampling loop asks for the same few every call. Treat it as read-only.
+        """
+        if type(t) is int:
+            key = (t, batch, torch.device(device))
+            cached = self._step_t_cache.get(key)
+            if cached is None:
+                cached = self._step_t_cache[key] = self._model_timesteps(t, batch, device)
+            return cached
+        return self._model_timesteps(t, batch, device)
+
+    def _model_timesteps(self, t: Step, batch: int, device: torch.device | str) -> Tensor:
         if isinstance(t, Tensor):
             tt = t.to(device)
             if tt.ndim == 0:
@@ -230,7 +267,7 @@ class GaussianProcess:
             tt = torch.full(
                 (batch,), t, device=device, dtype=torch.float64 if isinstance(t, float) else torch.long
             )
-        if not self.is_respaced:
+        if not self._is_respaced:
             out = tt
         else:
             tmap = self._map_cache.get(torch.device(device))
@@ -251,9 +288,7 @@ class GaussianProcess:
     @property
     def is_respaced(self) -> bool:
         """Whether this chain skips training steps (its timestep map is not the identity)."""
-        return self.num_timesteps != self.original_num_steps or not np.array_equal(
-            self.timestep_map, np.arange(self.num_timesteps)
-        )
+        return self._is_respaced
 
     def respaced(self, sections: str) -> GaussianProcess:
         """The chain keeping the steps a section string selects: ``"ddim25"``, ``"250"``, ``"10,15,20"``.
@@ -298,15 +333,17 @@ class GaussianProcess:
         """Draw x_t ~ q(x_t | x_0) with the given standard normal ``noise``."""
         if noise.shape != x0.shape:
             raise ValueError(f"noise shape {tuple(noise.shape)} differs from x0 shape {tuple(x0.shape)}")
-        return (
-            self.coef("sqrt_alphas_cumprod", t, x0) * x0
-            + self.coef("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+        return combine(
+            self.coef("sqrt_alphas_cumprod", t, x0),
+            x0,
+            self.coef("sqrt_one_minus_alphas_cumprod", t, x0),
+            noise,
         )
 
     def q_posterior_mean(self, x0: Tensor, x_t: Tensor, t: Step) -> Tensor:
         """Mean of the posterior q(x_{t-1} | x_t, x_0)."""
-        return (
-            self.coef("posterior_mean_coef1", t, x_t) * x0 + self.coef("posterior_mean_coef2", t, x_t) * x_t
+        return combine(
+            self.coef("posterior_mean_coef1", t, x_t), x0, self.coef("posterior_mean_coef2", t, x_t), x_t
         )
 
     def q_posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: Step) -> tuple[Tensor, Tensor, Tensor]:
@@ -334,19 +371,47 @@ class GaussianProcess:
 
     def x0_from_eps(self, x_t: Tensor, t: Step, eps: Tensor, alpha_bar: Coef | None = None) -> Tensor:
         """x_0 = (x_t − sqrt(1 − ᾱ)·eps) / sqrt(ᾱ)."""
+        return self.linear_x0_from_eps(x_t, t, eps, alpha_bar).value()
+
+    def linear_x0_from_eps(self, x_t: Tensor, t: Step, eps: Tensor, alpha_bar: Coef | None = None) -> Linear:
+        """:meth:`x0_from_eps`, not yet computed."""
         a, b = self._eps_coefs(t, x_t, alpha_bar)
-        return a * x_t - b * eps
+        return Linear(a, x_t, -b, eps)
 
     def eps_from_x0(self, x_t: Tensor, t: Step, x0: Tensor, alpha_bar: Coef | None = None) -> Tensor:
-        """eps = (x_t − sqrt(ᾱ)·x_0) / sqrt(1 − ᾱ)."""
-        a, b = self._eps_coefs(t, x_t, alpha_bar)
-        return (a * x_t - x0) / b
+        """eps = (x_t − sqrt(ᾱ)·x_0) / sqrt(1 − ᾱ).
+
+        Written with sqrt(ᾱ) rather than 1/sqrt(ᾱ), so it stays finite where ᾱ = 0 (a
+        zero-terminal-SNR schedule's last step, where eps = x_t).
+        """
+        return self.linear_eps_from_x0(x_t, t, x0, alpha_bar).value()
+
+    def linear_eps_from_x0(self, x_t: Tensor, t: Step, x0: Tensor, alpha_bar: Coef | None = None) -> Linear:
+        """:meth:`eps_from_x0`, not yet computed."""
+        if alpha_bar is None and isinstance(t, float) and not t.is_integer():
+            alpha_bar = self.alpha_bar(t)
+        if alpha_bar is None and isinstance(t, Tensor) and t.is_floating_point():
+            alpha_bar = self.alpha_bar(t, x_t)
+        if alpha_bar is None:
+            a, c, s = (self.coef(name, t, x_t) for name in ("eps_x0_a", "eps_x0_c", "eps_x0_s"))
+            return Linear(a, x_t, -c, x0, s)
+        if isinstance(alpha_bar, Tensor):
+            ab = alpha_bar.to(torch.float64).reshape(-1, *([1] * (x_t.ndim - 1)))
+            zero = ab <= 0
+            safe = torch.where(zero, 0.5, ab)
+            a_t = torch.where(zero, 1.0, safe.rsqrt()).to(x_t.dtype)
+            s_t = torch.where(zero, 1.0, (1.0 / safe - 1.0).rsqrt()).to(x_t.dtype)
+            return Linear(a_t, x_t, torch.where(zero, 0.0, -1.0).to(x_t.dtype), x0, s_t)
+        a_np, c_np, s_np = _eps_from_x0_coefs(np.array([float(alpha_bar)]))
+        return Linear(float(a_np[0]), x_t, -float(c_np[0]), x0, float(s_np[0]))
 
     def x0_from_xprev(self, x_t: Tensor, t: Step, xprev: Tensor) -> Tensor:
         """Invert the posterior mean: x_0 = (mean − coef2·x_t) / coef1."""
-        return (
-            self.coef("recip_posterior_mean_coef1", t, x_t) * xprev
-            - self.coef("posterior_mean_coef2_over_coef1", t, x_t) * x_t
+        return combine(
+            self.coef("recip_posterior_mean_coef1", t, x_t),
+            xprev,
+            -self.coef("posterior_mean_coef2_over_coef1", t, x_t),
+            x_t,
         )
 
     def _v_coefs(self, t: Step, like: Tensor, alpha_bar: Coef | None) -> tuple[Coef, Coef]:
@@ -366,18 +431,26 @@ class GaussianProcess:
 
     def x0_from_v(self, x_t: Tensor, t: Step, v: Tensor, alpha_bar: Coef | None = None) -> Tensor:
         """x_0 = sqrt(ᾱ)·x_t − sqrt(1 − ᾱ)·v, for v = sqrt(ᾱ)·eps − sqrt(1 − ᾱ)·x_0."""
+        return self.linear_x0_from_v(x_t, t, v, alpha_bar).value()
+
+    def linear_x0_from_v(self, x_t: Tensor, t: Step, v: Tensor, alpha_bar: Coef | None = None) -> Linear:
+        """:meth:`x0_from_v`, not yet computed."""
         a, s = self._v_coefs(t, x_t, alpha_bar)
-        return a * x_t - s * v
+        return Linear(a, x_t, -s, v)
 
     def eps_from_v(self, x_t: Tensor, t: Step, v: Tensor, alpha_bar: Coef | None = None) -> Tensor:
         """eps = sqrt(1 − ᾱ)·x_t + sqrt(ᾱ)·v."""
+        return self.linear_eps_from_v(x_t, t, v, alpha_bar).value()
+
+    def linear_eps_from_v(self, x_t: Tensor, t: Step, v: Tensor, alpha_bar: Coef | None = None) -> Linear:
+        """:meth:`eps_from_v`, not yet computed."""
         a, s = self._v_coefs(t, x_t, alpha_bar)
-        return s * x_t + a * v
+        return Linear(s, x_t, a, v)
 
     def v_from_x0_eps(self, x0: Tensor, eps: Tensor, t: Step, alpha_bar: Coef | None = None) -> Tensor:
         """v = sqrt(ᾱ)·eps − sqrt(1 − ᾱ)·x_0 (Salimans & Ho 2022)."""
         a, s = self._v_coefs(t, x0, alpha_bar)
-        return a * eps - s * x0
+        return combine(a, eps, -s, x0)
 
     def __repr__(self) -> str:
         spaced = f", respaced from {self.original_num_steps}" if self.is_respaced else ""
