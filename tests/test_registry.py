@@ -70,7 +70,7 @@ def test_unknown_name_lists_available_and_suggests(ddkit_registry: Registry) -> 
 def test_official_name_not_installed_says_what_to_install(
     ddkit_registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("ddkit.registry._installed_version", lambda distribution: None)
+    monkeypatch.setattr("ddkit.registry._discovery.installed_version", lambda distribution: None)
     with pytest.raises(UnknownPluginError) as info:
         ddkit.create("sampler", "ddim")
     message = str(info.value)
@@ -87,7 +87,7 @@ def test_official_name_not_installed_says_what_to_install(
 def test_official_name_installed_but_not_in_this_registry(
     ddkit_registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("ddkit.registry._installed_version", lambda distribution: "0.1.0")
+    monkeypatch.setattr("ddkit.registry._discovery.installed_version", lambda distribution: "0.1.0")
     with pytest.raises(
         UnknownPluginError, match=r"ddkit-models, which is installed \(0.1.0\) but not loaded"
     ):

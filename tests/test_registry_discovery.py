@@ -166,7 +166,7 @@ def test_an_official_distribution_that_is_skipped_or_broken_says_so(ddkit_site: 
 
 
 def test_core_registers_itself_without_installed_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("ddkit.registry.metadata.entry_points", lambda group: [])
+    monkeypatch.setattr("ddkit.registry._discovery.metadata.entry_points", lambda group: [])
     registry = Registry.discover({})
     assert [(p.distribution, p.module, p.status) for p in registry.plugins] == [
         ("ddkit-core", "ddkit._builtins", "ok")

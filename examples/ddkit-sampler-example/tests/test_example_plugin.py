@@ -1,14 +1,21 @@
-"""The plugin itself: its entry point, its plugin API version, and cheap listing."""
+"""The plugin itself: its entry point, its plugin API version, and cheap listing.
+
+``TestInstalledPlugin`` and ``test_installed_metadata_names_the_plugin_module`` read the
+installed metadata (``pip install -e .`` first); the other tests register the plugin in-process.
+"""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import ClassVar
 
 import ddkit
 from ddkit.registry import Registry
+from ddkit.testing import PluginRegistration
 
 import ddkit_sampler_example
 from ddkit_sampler_example import _plugin
@@ -38,8 +45,13 @@ def test_installed_metadata_names_the_plugin_module() -> None:
     assert point.value == "ddkit_sampler_example._plugin"
     assert point.dist is not None
     assert point.dist.version == ddkit_sampler_example.__version__
-    discovered = Registry.discover({"DDKIT_PLUGINS": DISTRIBUTION})
-    assert discovered.describe("sampler", "unipc").distribution == DISTRIBUTION
+
+
+class TestInstalledPlugin(PluginRegistration):
+    """ddkit's registration checks: the entry point, ``ddkit plugins --json``, and these names."""
+
+    distribution = DISTRIBUTION
+    names: ClassVar[Mapping[str, Sequence[str]]] = {"sampler": ["unipc"], "schedule": ["laplace"]}
 
 
 def test_listing_imports_neither_the_sampler_nor_the_schedule() -> None:

@@ -32,6 +32,7 @@ import attrs
 
 from ddkit.diffusion.losses import LOSSES
 from ddkit.errors import ConfigError, PluginConflictError, UnknownPluginError
+from ddkit.params import check_params as check_factory_params
 
 __all__ = [
     "DEFAULTS",
@@ -201,16 +202,14 @@ def _signature(factory: Callable[..., Any]) -> inspect.Signature | None:
 def check_params(part: Part, factory: Callable[..., Any]) -> str | None:
     """The registry's check of ``part``'s keywords (unknown, missing, mistyped), as a message or None.
 
+    The same :func:`ddkit.params.check_params` that ``create`` runs, here run on every part
+    before any is built, so that one :class:`~ddkit.ConfigError` lists all of a config's problems.
+
     Parameters the pipeline derives itself (``part.injected``) count as given.
     """
-    from ddkit import registry
-
-    check = getattr(registry, "_check_params", None)
-    if check is None:  # the registry checks again when it builds the part
-        return None
     params = {**dict.fromkeys(part.injected, 1), **part.params}
     try:
-        check(f"{part.kind} {part.name!r}", factory, params)
+        check_factory_params(f"{part.kind} {part.name!r}", factory, params)
     except (TypeError, ValueError) as exc:
         return f"{part.label} {exc}"
     return None

@@ -11,6 +11,8 @@ Everything here works in-process::
 
 Under pytest the fixtures ``ddkit_registry`` and ``ddkit_site`` come from
 :mod:`ddkit.testing.pytest_plugin` (enable it with ``-p ddkit.testing.pytest_plugin``).
+Test base classes check a plugin: :class:`SamplerConformance` its sampler,
+:class:`PluginRegistration` that the installed distribution registers itself.
 
 .. versionadded:: 0.1.0
 """
@@ -23,15 +25,29 @@ from ddkit.testing._registry import fake_plugin, fresh_registry
 from ddkit.testing._site import FakeSite
 
 if TYPE_CHECKING:
+    from ddkit.testing.plugin_registration import PluginRegistration
     from ddkit.testing.sampler_conformance import AnalyticGaussian, SamplerConformance
 
-__all__ = ["AnalyticGaussian", "FakeSite", "SamplerConformance", "fake_plugin", "fresh_registry"]
+__all__ = [
+    "AnalyticGaussian",
+    "FakeSite",
+    "PluginRegistration",
+    "SamplerConformance",
+    "fake_plugin",
+    "fresh_registry",
+]
+
+# The test kits import pytest, torch or subprocess: load each only when asked for.
+_LAZY = {
+    "AnalyticGaussian": "ddkit.testing.sampler_conformance",
+    "SamplerConformance": "ddkit.testing.sampler_conformance",
+    "PluginRegistration": "ddkit.testing.plugin_registration",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # The conformance kit imports pytest: load it only when asked for.
-    if name in ("AnalyticGaussian", "SamplerConformance"):
-        from ddkit.testing import sampler_conformance
+    if name in _LAZY:
+        import importlib
 
-        return getattr(sampler_conformance, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'ddkit.testing' has no attribute {name!r}")
