@@ -1,8 +1,13 @@
 """The registry's factories: ``ddkit.create("model", name, **flags)``.
 
 Keyword names and values are guided-diffusion's (``create_model``, ``sr_create_model``,
-``create_classifier``), with its scripts' defaults; values may be typed (``True``, ``(1,
-2, 2)``) or strings as on its command line (``"True"``, ``"1,2,2"``).
+``create_classifier``), with its scripts' defaults: typed values (``True``, ``(1, 2, 2)``) and,
+for the list-valued flags, its strings (``"1,2,2"``, ``"32,16,8"``). ``ddkit.create`` checks
+types against these signatures; a whole command line of strings (``"--use_fp16 True"``) goes
+through :func:`ddkit_models.load_checkpoint`, which converts every flag first.
+
+The signatures spell out every flag, although the three share most of them: they are what
+``ddkit.create`` checks keywords against and what the docs' catalogue lists.
 """
 
 from __future__ import annotations
