@@ -7,6 +7,7 @@ import torch
 from _models_util import assert_close, randomize, tiny_unet_flags
 
 import ddkit
+from ddkit.errors import CompositionError
 from ddkit_models.flags import model_config
 from ddkit_models.unet import ADMSuperRes, ADMUNet
 
@@ -136,11 +137,15 @@ def test_num_classes_keyword_implies_class_conditioning() -> None:
         model_config({"num_classes": 10, "class_cond": "False"})
 
 
-def test_unconditional_model_ignores_labels() -> None:
+def test_unconditional_model_refuses_labels() -> None:
     model = randomize(make()).eval()
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        assert_close(model(x, torch.tensor([3, 3])), model(x, torch.tensor([3, 3]), y=torch.tensor([0, 1])))
+        model(x, torch.tensor([3, 3]))  # without labels it runs
+        with pytest.raises(CompositionError, match=r"unconditional \(num_classes=None\).*class_cond=True"):
+            model(x, torch.tensor([3, 3]), y=torch.tensor([0, 1]))
+    with pytest.raises(CompositionError, match="y="):  # the training path too
+        model(x, torch.tensor([3, 3]), torch.tensor([0, 1]))
 
 
 @pytest.mark.parametrize("dims", [1, 3])

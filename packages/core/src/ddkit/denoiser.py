@@ -18,7 +18,7 @@ from ddkit.diffusion.parameterization import GaussianParameterization
 from ddkit.diffusion.process import Coef, GaussianProcess, Step
 from ddkit.errors import CompositionError
 from ddkit.prediction import Prediction
-from ddkit.protocols import GUIDANCE_FORMS, Guidance, ModelFn, model_spec
+from ddkit.protocols import GUIDANCE_FORMS, Guidance, ModelFn, declares_spec, model_spec
 
 __all__ = ["Denoiser", "choose_form", "dynamic_threshold"]
 
@@ -61,6 +61,7 @@ class Denoiser:
     __slots__ = (
         "_guided_model",
         "_mean_guidances",
+        "_model_conditioning",
         "_score_guidances",
         "clip_denoised",
         "conditioning",
@@ -98,6 +99,11 @@ class Denoiser:
         self.forms = tuple(forms)
         self.nfe = 0
         spec = model_spec(model)
+        # Labels given to a model that declares no classes steer a guidance (classifier guidance
+        # on an unconditional network), not the network: it does not see them.
+        self._model_conditioning = self.conditioning
+        if "y" in self.conditioning and spec.num_classes is None and declares_spec(model):
+            self._model_conditioning = {k: v for k, v in self.conditioning.items() if k != "y"}
         guided: ModelFn = model
         for g, form in zip(self.guidances, self.forms):
             g.check(spec, self.conditioning)
@@ -129,7 +135,7 @@ class Denoiser:
         """The raw (model-form guided) network output for x at step ``t`` of the chain."""
         model_t = self.process.model_timesteps(t, x.shape[0], x.device)
         self.nfe += 1
-        return self._guided_model(x, model_t, **self.conditioning)
+        return self._guided_model(x, model_t, **self._model_conditioning)
 
     def __call__(
         self, x: Tensor, t: Step, *, alpha_bar: Coef | None = None, posterior: bool = False
@@ -141,7 +147,7 @@ class Denoiser:
         process = self.process
         model_t = process.model_timesteps(t, x.shape[0], x.device)
         self.nfe += 1
-        output = self._guided_model(x, model_t, **self.conditioning)
+        output = self._guided_model(x, model_t, **self._model_conditioning)
         pred = self.parameterization.predict(
             process,
             output,

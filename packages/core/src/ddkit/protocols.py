@@ -36,6 +36,7 @@ __all__ = [
     "SamplerState",
     "Schedule",
     "TimestepResampler",
+    "declares_spec",
     "model_spec",
 ]
 
@@ -85,6 +86,11 @@ def model_spec(model: object) -> ModelSpec:
         num_classes=getattr(model, "num_classes", None),
         null_class=getattr(model, "null_class", None),
     )
+
+
+def declares_spec(model: object) -> bool:
+    """Whether the model states its spec (so ``num_classes=None`` means "unconditional", not "unknown")."""
+    return isinstance(getattr(model, "spec", None), ModelSpec)
 
 
 @runtime_checkable

@@ -168,4 +168,7 @@ class ResBlock(TimestepBlock):
         if drop.p > 0:  # skip the no-op pass of a zero-rate dropout
             h = drop(h)
         h = cast(Tensor, out_conv(h))
-        return cast(Tensor, self.skip_connection(x)) + h
+        skip = cast(Tensor, self.skip_connection(x))
+        # In place (a convolution's backward does not read its output) unless autocast
+        # made the branch narrower than the skip, whose dtype the sum takes.
+        return h.add_(skip) if h.dtype == skip.dtype else skip + h

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddkit import ModelSpec
+from ddkit.errors import CompositionError
 from ddkit_models.attention import AttentionBlock, check_backend
 from ddkit_models.blocks import Downsample, ResBlock, TimestepEmbedSequential, Upsample
 from ddkit_models.nn import (
@@ -158,9 +159,9 @@ class ADMUNet(nn.Module):
     """The ADM U-Net: ``model(x, t, y=None) -> [B, out_channels, *spatial]``.
 
     ``t`` holds training timesteps (``[B]``, possibly fractional); ``y`` class labels
-    (``[B]`` long) for a class-conditional model. ``y`` is ignored by an unconditional
-    model, so that a classifier-guided pipeline can pass labels through; a model built with
-    ``null_class=True`` reads a missing ``y`` as the null class.
+    (``[B]`` long) for a class-conditional model; a model built with ``null_class=True``
+    reads a missing ``y`` as the null class. An unconditional model refuses ``y`` (a
+    :class:`ddkit.errors.CompositionError`) rather than silently ignoring the labels.
     """
 
     def __init__(
@@ -329,7 +330,14 @@ class ADMUNet(nn.Module):
     def _embed(self, x: Tensor, t: Tensor | float, y: Tensor | None) -> Tensor:
         t = as_timesteps(t, x.shape[0], x.device)
         emb = cast(Tensor, self.time_embed(timestep_embedding(t, self.model_channels)))
-        if self.num_classes is not None:
+        if self.num_classes is None:
+            if y is not None:
+                raise CompositionError(
+                    f"this model is unconditional (num_classes=None) but got class labels y= "
+                    f"(shape {list(y.shape)}): build it with class_cond=True and num_classes=<N> to "
+                    "condition on labels, or call it without y"
+                )
+        else:
             if y is None:
                 if not self.null_class:
                     raise ValueError(

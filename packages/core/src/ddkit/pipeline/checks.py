@@ -15,7 +15,7 @@ from torch import Tensor
 from ddkit.denoiser import choose_form
 from ddkit.diffusion.parameterization import GaussianParameterization, output_channel_error
 from ddkit.errors import CompositionError
-from ddkit.protocols import Guidance, ModelSpec, Sampler
+from ddkit.protocols import Guidance, ModelSpec, Sampler, declares_spec
 
 __all__ = [
     "check_channels",
@@ -29,11 +29,6 @@ __all__ = [
 def probe_conditioning() -> dict[str, Any]:
     """Conditioning that stands for "class labels given" when a composition is checked before sampling."""
     return {"y": torch.zeros(1, dtype=torch.long)}
-
-
-def declares_spec(model: object) -> bool:
-    """Whether the model states its spec (so ``num_classes=None`` means "unconditional", not "unknown")."""
-    return isinstance(getattr(model, "spec", None), ModelSpec)
 
 
 def _variance_title(param: GaussianParameterization, title: str) -> str:
