@@ -4,7 +4,17 @@ One step = model forward and loss, backward, optimizer, EMA update and the times
 resampler, on the same ADM U-Net (ddkit-models' adm-unet, one copy each) and the same batch
 size. Rounds alternate between the two so that machine noise hits both alike; the figures
 are medians over rounds, and ``ratio`` is ddkit's steps/s over guided-diffusion's (> 1: ddkit
-is faster).
+is faster). ``cpu_ratio`` compares the process CPU time per step instead (all threads; on a
+shared, oversubscribed machine it moves less than wall time; on CUDA it is host time alone).
+
+Equal work: the same AdamW (lr 1e-4, weight decay 0), the same EMA rate, loss and batch, the
+whole batch in one micro-batch, the data in memory on both sides, both warmed up, one
+process and so one thread count. Each side keeps its own implementation choices: ddkit's
+AdamW runs torch's fused kernel, guided-diffusion's TrainLoop torch's default AdamW (a
+per-parameter loop on the CPU, multi-tensor on CUDA); ddkit averages the EMA with
+``_foreach_lerp_``, guided-diffusion per parameter; guided-diffusion also computes
+parameter and gradient norms with a host sync per tensor and logs per-sample losses with
+``.item()``, as its TrainLoop always does.
 
 guided-diffusion's TrainLoop imports mpi4py and blobfile; neither is needed for a step in
 one process, so small stand-ins are put in ``sys.modules`` and a one-process gloo/NCCL group
@@ -163,13 +173,13 @@ def reference_runner(
     return run
 
 
-def measure(run: Callable[[int], None], steps: int, device: torch.device) -> float:
-    """Seconds per step over ``steps`` steps."""
+def measure(run: Callable[[int], None], steps: int, device: torch.device) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds per step over ``steps`` steps."""
     _sync(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     run(steps)
     _sync(device)
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / steps, (time.process_time() - cpu) / steps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,9 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     for run in runners.values():
         measure(run, args.warmup, device)
     times: dict[str, list[float]] = {name: [] for name in runners}
+    cpu_times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(args.rounds):
         for name, run in runners.items():
-            times[name].append(measure(run, args.steps, device))
+            wall, cpu = measure(run, args.steps, device)
+            times[name].append(wall)
+            cpu_times[name].append(cpu)
 
     params = sum(p.numel() for p in pipe.model.parameters())
     result: dict[str, Any] = {
@@ -233,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "steps_per_round": args.steps,
         "rounds": args.rounds,
+        "load_average": list(os.getloadavg()),
     }
     for name, values in times.items():
         sec = statistics.median(values)
@@ -240,10 +254,14 @@ def main(argv: list[str] | None = None) -> int:
             "sec_per_step": sec,
             "steps_per_sec": 1 / sec,
             "samples_per_sec": args.batch_size / sec,
+            "cpu_sec_per_step": statistics.median(cpu_times[name]),
         }
     if "guided_diffusion" in result:
         result["guided_diffusion"]["precision"] = "fp16" if args.precision == "fp16" else "fp32"
         result["ratio"] = result["ddkit"]["steps_per_sec"] / result["guided_diffusion"]["steps_per_sec"]
+        result["cpu_ratio"] = (
+            result["guided_diffusion"]["cpu_sec_per_step"] / result["ddkit"]["cpu_sec_per_step"]
+        )
     if cuda:
         result["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
 
@@ -252,9 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name in runners:
         r = result[name]
-        print(f"  {name:17s} {r['steps_per_sec']:8.2f} steps/s  {r['samples_per_sec']:9.1f} samples/s")
+        print(
+            f"  {name:17s} {r['steps_per_sec']:8.2f} steps/s  {r['samples_per_sec']:9.1f} samples/s"
+            f"  {r['cpu_sec_per_step'] * 1e3:9.1f} ms CPU/step"
+        )
     if "ratio" in result:
-        print(f"  ratio ddkit / guided-diffusion: {result['ratio']:.3f}")
+        print(f"  ratio ddkit / guided-diffusion: {result['ratio']:.3f} (CPU time {result['cpu_ratio']:.3f})")
+    print(f"  load average {' '.join(f'{v:.2f}' for v in result['load_average'])}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

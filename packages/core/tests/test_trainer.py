@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import warnings
@@ -20,6 +21,7 @@ from ddkit.errors import ConfigError, IntegrityError
 from ddkit.training import checkpoint as ckpt
 from ddkit.training.ema import ema_decay, update_ema
 from ddkit.training.logging import QuartileLog
+from ddkit.training.optim import make_adamw, set_implementation
 from ddkit.training.rng import capture_rng_state, restore_rng_state
 from ddkit.training.stream import BatchStream
 
@@ -430,6 +432,57 @@ def test_quartile_logging_matches_guided_diffusion() -> None:
     assert qlog.flush() == {}
     qlog.add(torch.tensor([80, 90]), {"mse": torch.tensor([1.0, 2.0])})
     assert qlog.flush() == {"mse": 1.5, "mse_q3": 1.5}  # quartiles without samples are left out
+
+
+def test_quartile_sums_reduced_across_ranks_equal_one_log_of_all_samples() -> None:
+    t_a, loss_a = torch.tensor([0, 30, 99]), torch.tensor([1.0, 2.0, 3.0])
+    t_b, loss_b = torch.tensor([10, 60, 70]), torch.tensor([4.0, 5.0, 6.0])
+    both = QuartileLog(100)
+    both.add(torch.cat([t_a, t_b]), {"loss": torch.cat([loss_a, loss_b])})
+    rank_a, rank_b = QuartileLog(100), QuartileLog(100)
+    rank_a.add(t_a, {"loss": loss_a})
+    rank_b.add(t_b, {"loss": loss_b})
+    rank_a.add_scalar("lr", 0.5)
+    sent: list[Tensor] = []
+    rank_b.flush(reduce=lambda packed: sent.append(packed) or packed)  # what rank b contributes
+    # rank a's flush sums its sums with rank b's, as dist.all_reduce does on two ranks
+    assert rank_a.flush(reduce=lambda packed: packed + sent[0]) == pytest.approx({**both.flush(), "lr": 0.5})
+
+
+def test_adamw_is_fused_on_the_cpu_and_takes_either_implementations_state() -> None:
+    trainer = ddkit.Trainer(make_pipeline(), points(), batch_size=8, seed=0)
+    assert all(group["fused"] for group in trainer.optimizer.param_groups)
+
+    def loss(model: nn.Module) -> Tensor:
+        return model(points(8), torch.arange(8)).square().mean()  # type: ignore[no-any-return]
+
+    for fused_before in (False, True):
+        model = net()
+        before = make_adamw(model.parameters(), lr=1e-2, weight_decay=0.1)
+        set_implementation(before, fused_before)
+        for _ in range(3):
+            before.zero_grad()
+            loss(model).backward()
+            before.step()
+        state = before.state_dict()
+        continued, switched = net(), net()
+        continued.load_state_dict(model.state_dict())
+        switched.load_state_dict(model.state_dict())
+        opt_same = make_adamw(continued.parameters(), lr=1e-2, weight_decay=0.1)
+        opt_other = make_adamw(switched.parameters(), lr=1e-2, weight_decay=0.1)
+        opt_same.load_state_dict(copy.deepcopy(state))  # as read from a checkpoint: nothing shared
+        set_implementation(opt_same, fused_before)
+        opt_other.load_state_dict(copy.deepcopy(state))
+        set_implementation(opt_other, not fused_before)
+        assert opt_other.param_groups[0]["fused"] == (True if not fused_before else None)
+        for model_k, opt in ((continued, opt_same), (switched, opt_other)):
+            for _ in range(2):
+                opt.zero_grad()
+                loss(model_k).backward()
+                opt.step()
+        assert all(float(s["step"]) == 5.0 for s in opt_other.state.values())
+        for a, b in zip(continued.parameters(), switched.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_history_and_jsonl_log(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ def test_helpers_work_without_a_process_group() -> None:
     assert distributed.is_main_process()
     x = torch.arange(6).reshape(3, 2)
     assert distributed.all_gather_tensor(x) is x
+    assert distributed.all_reduce_sum(x) is x
     assert distributed.broadcast_object({"a": 1}) == {"a": 1}
     distributed.barrier()
     assert distributed.default_device() == (

@@ -18,6 +18,7 @@ from ddkit.errors import ConfigError
 
 __all__ = [
     "all_gather_tensor",
+    "all_reduce_sum",
     "barrier",
     "broadcast_object",
     "default_device",
@@ -132,6 +133,15 @@ def all_gather_tensor(tensor: Tensor) -> Tensor:
     parts = [torch.empty_like(padded) for _ in range(size)]
     dist.all_gather(parts, padded)
     return torch.cat([part[:n] for part, n in zip(parts, counts)])
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """The element-wise sum of ``tensor`` over every rank (``tensor`` itself when not distributed)."""
+    if not is_distributed():
+        return tensor
+    total = tensor.clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -4,13 +4,15 @@ Each loss term ``k`` (``loss``, ``mse``, ``vb``, ...) is logged as its mean ``k`
 ``k_q0`` .. ``k_q3``, the mean over samples whose timestep falls in each quarter of the
 chain (q0: the least noisy quarter). Values are multiplied by the importance weights of
 the timestep resampler, as guided-diffusion's ``log_loss_dict`` does. Sums stay on the
-training device between log lines, so logging costs no host synchronisation per step.
+training device between log lines, so logging costs no host synchronisation per step; under
+``torchrun`` each rank sums its own samples and the sums are added across ranks at
+:meth:`QuartileLog.flush` (one collective per log line, none per step).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +58,18 @@ class QuartileLog:
             value.detach() if isinstance(value, Tensor) else float(value)
         )
 
-    def flush(self) -> dict[str, float]:
-        """The means since the last flush, then reset; quartiles with no sample are left out."""
+    def flush(self, reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, float]:
+        """The means since the last flush, then reset; quartiles with no sample are left out.
+
+        ``reduce`` sums a tensor over the ranks (e.g. :func:`ddkit.training.distributed.all_reduce_sum`):
+        every rank must call ``flush`` with it, having added the same loss terms.
+        """
         out: dict[str, float] = {}
+        if reduce is not None and self._counts is not None:
+            keys = sorted(self._sums)
+            packed = reduce(torch.cat([self._counts, *(self._sums[k] for k in keys)]))
+            self._counts = packed[:5]
+            self._sums = {k: packed[5 * (i + 1) : 5 * (i + 2)] for i, k in enumerate(keys)}
         if self._counts is not None:
             counts = self._counts.tolist()
             for key, row in self._sums.items():

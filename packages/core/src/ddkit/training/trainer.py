@@ -5,11 +5,12 @@ take the next global batch from the seeded :class:`~ddkit.training.stream.BatchS
 draw the whole global batch's timesteps (from the pipeline's resampler), noise and
 condition-dropout mask from generators seeded by (seed, step), and keep this rank's
 slice; per micro-batch, ``loss = (losses["loss"] * weights).mean()``, backward (DDP
-averages gradients across ranks); clip; AdamW; update every EMA; report the per-sample
-losses to the resampler. Because every random draw is a function of (seed, step) and the
-stream state, a run resumed from a checkpoint repeats, bit for bit on the CPU, what the
-uninterrupted run would have done; with another world size it sees the same batches,
-timesteps and noise, and differs only by the rounding of the gradient all-reduce.
+averages gradients across ranks); clip; AdamW (torch's fused kernel where it has one);
+update every EMA; report the per-sample losses to the resampler. Because every random
+draw is a function of (seed, step) and the stream state, a run resumed from a checkpoint
+repeats, bit for bit on the CPU, what the uninterrupted run would have done; with another
+world size it sees the same batches, timesteps and noise, and differs only by the rounding
+of the gradient all-reduce.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ddkit.training import checkpoint as ckpt
 from ddkit.training import distributed
 from ddkit.training.ema import EmaPairs, ema_decay, make_ema_copy, rate_key
 from ddkit.training.logging import QuartileLog, append_jsonl, truncate_jsonl
+from ddkit.training.optim import can_fuse, make_adamw, set_implementation
 from ddkit.training.options import TrainOptions
 from ddkit.training.precision import (
     autocast,
@@ -193,9 +195,9 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if opts.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay
-        )
+        self.optimizer = make_adamw(self.model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+        self._fused = can_fuse(self.model.parameters())
+        self._params: list[nn.Parameter] = []  # the trained ones; set by train()
         self.scaler = make_grad_scaler(opts.precision, self.device)
         self.step = 0
         self.ema_updates = 0
@@ -225,7 +227,8 @@ class Trainer:
             if self.out_dir is not None and self.rank == 0:
                 truncate_jsonl(self.out_dir / LOG_FILE, 0)
         self._ddp = self._wrap_ddp()
-        distributed.barrier()
+        if self.distributed:
+            distributed.barrier()
 
     # -- setup ------------------------------------------------------------------------
 
@@ -335,6 +338,10 @@ class Trainer:
 
             bar = tqdm(total=steps, initial=self.step, desc="train", dynamic_ncols=True)
         started, first = time.perf_counter(), self.step
+        # Set once per call, not per step: walking the module tree costs milliseconds, and
+        # nothing inside the loop changes train/eval modes or which parameters train.
+        self.model.train()
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
         try:
             while self.step < steps:
                 self._run_step()
@@ -352,7 +359,8 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        distributed.barrier()
+        if self.distributed:
+            distributed.barrier()
         if hasattr(self.pipeline, "use_ema"):
             self.pipeline.use_ema = opts.use_ema and bool(self.ema)
         return self.pipeline
@@ -378,7 +386,6 @@ class Trainer:
 
     def _run_step(self) -> None:
         opts = self.options
-        self.model.train()
         x, y = self.stream.next()
         t, w, noise, drop = self._draws(tuple(x.shape[1:]))
         x = x.to(self.device, non_blocking=True).float()
@@ -418,7 +425,7 @@ class Trainer:
                     loss.backward()
             per_sample.append({key: v.detach().float() for key, v in losses.items() if v.ndim == 1})
 
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = self._params
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in params if p.grad is not None]
@@ -443,19 +450,13 @@ class Trainer:
         terms = {key: torch.cat([d[key] for d in per_sample]) for key in keys}
         if "loss" in terms:
             self.resampler.update(t, terms["loss"])
-        self._log_batch(t, w, terms)
+        # Each rank sums its own samples; the sums are added across ranks at the log line only.
+        self._qlog.add(t, terms, w)
         self._qlog.add_scalar("grad_norm", grad_norm)
         self._qlog.add_scalar("lr", lr)
 
-    def _log_batch(self, t: Tensor, w: Tensor, terms: Mapping[str, Tensor]) -> None:
-        keys = list(terms)
-        rows = torch.stack([t.float(), w.float(), *(terms[k] for k in keys)], dim=1)
-        rows = distributed.all_gather_tensor(rows)
-        if self.rank == 0:
-            self._qlog.add(rows[:, 0].long(), {k: rows[:, 2 + i] for i, k in enumerate(keys)}, rows[:, 1])
-
     def _flush_log(self, started: float, first: int) -> dict[str, Any]:
-        values = self._qlog.flush()
+        values = self._qlog.flush(reduce=distributed.all_reduce_sum if self.distributed else None)
         if self.rank != 0:
             return {}
         elapsed = time.perf_counter() - started
@@ -633,6 +634,7 @@ class Trainer:
             self.ema[key] = ema
         self._publish_ema()
         self.optimizer.load_state_dict(loaded["optimizer"])
+        set_implementation(self.optimizer, self._fused)
         self.resampler.load_state_dict(state["resampler"])
         saved_batch = int(state["data"]["batch_size"])
         if saved_batch != self.options.batch_size:
