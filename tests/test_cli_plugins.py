@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +14,7 @@ from ddkit.cli import COMMANDS, main
 from ddkit.hookspecs import hookimpl
 from ddkit.registry import PluginWarning, Registry
 from ddkit.testing import fake_plugin, fresh_registry
+from ddkit.testing.plugin_registration import installed_plugins_json
 
 KEYS = {"kind", "name", "distribution", "version", "summary", "status", "error"}
 
@@ -136,15 +135,6 @@ def test_a_new_subcommand_is_one_table_entry(
 
 
 def test_python_dash_m_ddkit_is_the_same_cli() -> None:
-    env = {**os.environ, "DDKIT_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "ddkit", "plugins", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    rows = json.loads(done.stdout)
+    rows = installed_plugins_json({**os.environ, "DDKIT_DISABLE_PLUGIN_AUTOLOAD": "1"})
     assert rows
     assert {row["distribution"] for row in rows} == {"ddkit-core"}

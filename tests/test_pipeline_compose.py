@@ -30,6 +30,16 @@ SMALL_UNET: dict[str, Any] = {
     "num_res_blocks": 1,
     "attention_resolutions": "4",
 }
+#: A noisy-image classifier of 4 classes for SMALL_UNET's images.
+SMALL_CLASSIFIER: dict[str, Any] = {
+    "name": "adm-classifier",
+    "image_size": 8,
+    "classifier_width": 32,
+    "classifier_depth": 1,
+    "classifier_attention_resolutions": "4",
+    "channel_mult": "1,2",
+    "num_classes": 4,
+}
 MLP: dict[str, Any] = {"name": "mlp", "dim": 2, "hidden": 32, "depth": 1, "num_classes": 3}
 
 
@@ -74,16 +84,7 @@ def config_for(kind: str, name: str) -> tuple[dict[str, Any], dict[str, Any], di
             cond = {"low_res": torch.zeros(2, 3, 4, 4)}
         elif name == "adm-classifier":  # a classifier, not a denoiser: classifier guidance builds it
             cfg["model"] = {**SMALL_UNET, "class_cond": True, "num_classes": 4}
-            classifier = {
-                "name": name,
-                "image_size": 8,
-                "classifier_width": 32,
-                "classifier_depth": 1,
-                "classifier_attention_resolutions": "4",
-                "channel_mult": "1,2",
-                "num_classes": 4,
-            }
-            cfg["guidance"] = [{"name": "classifier", "scale": 1.0, "classifier": classifier}]
+            cfg["guidance"] = [{"name": "classifier", "scale": 1.0, "classifier": dict(SMALL_CLASSIFIER)}]
         else:
             cfg["model"] = {"name": name}
             cond = {}
@@ -188,15 +189,7 @@ def test_the_demo_config_is_an_example() -> None:
 
 def test_classifier_guidance_steers_an_unconditional_unet() -> None:
     """guided-diffusion's 256×256 unconditional model + classifier: the labels reach the classifier only."""
-    classifier = {
-        "name": "adm-classifier",
-        "image_size": 8,
-        "classifier_width": 32,
-        "classifier_depth": 1,
-        "classifier_attention_resolutions": "4",
-        "channel_mult": "1,2",
-        "num_classes": 4,
-    }
+    classifier = dict(SMALL_CLASSIFIER)
     cfg: dict[str, Any] = {
         "schedule": {"name": "linear", "timesteps": 50},
         "model": dict(SMALL_UNET),  # unconditional: it refuses y= when called directly

@@ -26,11 +26,28 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from importlib import metadata
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ddkit.registry import ALLOW_ENV, ENTRY_POINT_GROUP, OFFICIAL_PLUGINS, PLUGIN_API_VERSION, Registry
 
-__all__ = ["PluginRegistration"]
+__all__ = ["PluginRegistration", "installed_plugins_json"]
+
+
+def installed_plugins_json(env: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The rows of ``python -m ddkit plugins --json`` run in a fresh interpreter with ``env``.
+
+    A fresh interpreter sees what is installed, as a user's shell would, not this process's registry.
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", "ddkit", "plugins", "--json"],
+        capture_output=True,
+        text=True,
+        env=dict(env),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    rows: list[dict[str, Any]] = json.loads(done.stdout)
+    return rows
 
 
 class PluginRegistration:
@@ -84,15 +101,7 @@ class PluginRegistration:
 
     def test_listed_as_ok_by_ddkit_plugins_json(self) -> None:
         env = {key: value for key, value in os.environ.items() if not key.startswith("DDKIT_")}
-        done = subprocess.run(
-            [sys.executable, "-m", "ddkit", "plugins", "--json"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr
-        rows = [row for row in json.loads(done.stdout) if row["distribution"] == self.distribution]
+        rows = [row for row in installed_plugins_json(env) if row["distribution"] == self.distribution]
         assert rows, f"{self.distribution} is missing from ddkit plugins --json"
         assert [row for row in rows if row["status"] != "ok"] == []
 
