@@ -19,7 +19,15 @@ a shared machine than wall time) and the load average before and after.
 On CUDA, ddkit runs under ``torch.autocast(dtype)``; guided-diffusion in its own ``use_fp16``
 mode (float16 torso, float32 norms and head; its training step applies Adam to the float16
 torso directly instead of its master-weight trainer, which if anything favours it). Extra
-contenders with ``--channels-last``: both networks converted to channels-last weights and inputs.
+contenders with ``--channels-last``: both networks converted to channels-last weights and inputs;
+with ``--compile``: ddkit's network under ``torch.compile`` (Inductor; the compile time is reported
+apart and kept out of the timings).
+
+``--breakdown`` profiles a few training steps of each contender and splits the time into the
+convolutions (forward and backward, oneDNN's kernels for both networks) and everything else.
+The split shows the ceiling: ``gd step / ddkit convolutions`` is the ratio ddkit would reach if
+everything but its convolutions cost nothing. The profiler's own overhead inflates the many
+small ops, so the split is a share, not a timing.
 
 Memory format (the decision the rows reflect): the ``ddkit`` row is the model as users get
 it. Its default ``memory_format="auto"`` runs CPU inference on channels-last activations
@@ -28,9 +36,19 @@ ddkit's own channels-last reduction, PyTorch's channels-last GroupNorm kernel be
 slower at these shapes) and training on contiguous ones: there the channels-last
 convolution saving was ~3 % of a step while PyTorch's channels-last GroupNorm backward is
 about 5x slower than the contiguous one. Training is bounded by the convolutions (the same
-oneDNN work for both networks): a ddkit step with every norm, activation and attention
-removed measured only 1.36-1.41x guided-diffusion's full step, so the target 1.25x leaves
-the rest of the step (attention alone ~7 %) less than a tenth of the time.
+oneDNN work for both networks): ``--breakdown`` measures how much. Measured ways around it
+that did not pay on this CPU: channels-last training (PyTorch's channels-last GroupNorm
+backward), a channels-last GroupNorm+FiLM+SiLU autograd function, channels-last forward and
+input-gradient convolutions with a contiguous weight gradient (the layout conversions cost
+more than they save), and ``torch.compile`` (the ``--compile`` row).
+
+Allocator (measured 2026-11-23, not by this script): under glibc's default malloc the large
+activation buffers freed after each forward go back to the OS, and the next forward pays
+their page faults again. guided-diffusion's unfused forward allocates more of them, so part
+of ddkit's forward lead is fewer page faults. Run with ``MALLOC_MMAP_THRESHOLD_=268435456
+MALLOC_TRIM_THRESHOLD_=1073741824``, both forwards got faster (guided-diffusion 15-20 %,
+ddkit 5-10 %) and the forward ratio fell to 1.04-1.13x; the training ratio barely moved.
+The rows above are measured with the default allocator, as users run.
 """
 
 from __future__ import annotations
@@ -73,7 +91,9 @@ FLAGS: dict[str, Any] = {
 }
 
 
-def build(device: torch.device, dtype: str, channels_last: bool) -> dict[str, torch.nn.Module]:
+def build(
+    device: torch.device, dtype: str, channels_last: bool, compiled: bool = False
+) -> dict[str, torch.nn.Module]:
     """The contenders, all holding guided-diffusion's initial weights."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.cuda.amp decorators in guided_diffusion.nn
@@ -105,7 +125,38 @@ def build(device: torch.device, dtype: str, channels_last: bool) -> dict[str, to
         ours_cl = adm_unet(**FLAGS, use_fp16=False)
         ours_cl.load_state_dict(state, strict=True)
         models["ddkit +channels_last"] = ours_cl.to(memory_format=torch.channels_last)
-    return {k: m.to(device) for k, m in models.items()}
+    if compiled:
+        ours_c = adm_unet(**FLAGS, use_fp16=False)
+        ours_c.load_state_dict(state, strict=True)
+        models["ddkit +torch.compile"] = ours_c
+    models = {k: m.to(device) for k, m in models.items()}
+    if compiled:  # compiled after the move; the module keeps its parameters, so the optimizer sees them
+        models["ddkit +torch.compile"].compile()
+    return models
+
+
+#: Profiler event names that are a convolution's own kernel (forward or backward), on any backend.
+CONV_EVENTS = ("convolution", "conv2d", "conv_depthwise", "cudnn_conv")
+
+
+def op_breakdown(step: Callable[[], None], steps: int) -> dict[str, float]:
+    """Self time per training step (ms) in convolution kernels and in everything else, profiled."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    conv = other = 0.0
+    for event in prof.key_averages():
+        if event.key.startswith("aten::") or event.key.startswith("mkldnn"):
+            is_conv = any(tag in event.key for tag in CONV_EVENTS)
+        else:  # Python-level and autograd wrapper events: their self time is dispatch overhead
+            is_conv = False
+        if is_conv:
+            conv += event.self_cpu_time_total
+        else:
+            other += event.self_cpu_time_total
+    return {"conv_ms": conv / 1e3 / steps, "other_ms": other / 1e3 / steps}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -114,9 +165,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=12, help="timed forward rounds (training: half)")
+    parser.add_argument("--rounds", type=int, default=24, help="timed forward rounds (training: half)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--channels-last", action="store_true", help="add channels-last contenders")
+    parser.add_argument("--compile", action="store_true", help="add ddkit under torch.compile")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="profile the training step: convolutions against the rest"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke mode: 3 rounds")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
@@ -124,6 +179,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.rounds, args.warmup = 3, 1
 
     torch.set_num_threads(args.threads)
+    if args.compile:  # compile in this process: a pool of compile workers would linger beside the timings
+        os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
     device = torch.device(args.device)
     low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
     if device.type == "cpu" and low is not None:
@@ -131,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "the CPU comparison is float32 (guided-diffusion has no CPU mixed precision); drop --dtype"
         )
     torch.manual_seed(0)
-    models = build(device, args.dtype, args.channels_last)
+    models = build(device, args.dtype, args.channels_last, args.compile)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(args.batch, 3, 32, 32, generator=gen).to(device)
     t = torch.randint(0, 1000, (args.batch,), generator=gen).to(device)
@@ -153,8 +210,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 return model(inputs(name), t)
         return model(inputs(name), t)
 
+    compile_s: dict[str, float] = {}
     with torch.inference_mode():
-        outs = {name: forward(name, m.eval()).float() for name, m in models.items()}
+        outs = {}
+        for name, m in models.items():
+            first = time.perf_counter()
+            outs[name] = forward(name, m.eval()).float()
+            if "compile" in name:
+                compile_s[name] = time.perf_counter() - first
     ref_out = outs["guided-diffusion"]
     max_diff = {name: float((o - ref_out).abs().max()) for name, o in outs.items()}
 
@@ -185,7 +248,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         steps = {name: make(name) for name in models}
         for name, m in models.items():
             m.train(train)
-            for _ in range(args.warmup):
+            first = time.perf_counter()
+            steps[name]()  # the first call compiles a compiled contender's graph for this mode
+            if name in compile_s and train:
+                compile_s[name] += time.perf_counter() - first
+            for _ in range(args.warmup - 1):
                 steps[name]()
         sync()
         wall: dict[str, list[float]] = {n: [] for n in models}
@@ -216,6 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     forward_stats = measure(fwd_step, args.rounds, train=False)
     train_stats = measure(train_step, max(2, args.rounds // 2), train=True)
+    breakdown = {name: op_breakdown(train_step(name), steps=3) for name in models} if args.breakdown else {}
     result: dict[str, Any] = {
         "config": {**FLAGS, "batch": args.batch, "device": str(device), "dtype": args.dtype,
                    "threads": args.threads, "rounds": args.rounds},
@@ -225,6 +293,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "max_abs_output_diff_vs_gd": max_diff,
         "forward": forward_stats,
         "train": train_stats,
+        "train_breakdown": breakdown,
+        "compile_s": compile_s,
         "elapsed_s": time.perf_counter() - started,
     }  # fmt: skip
 
@@ -239,6 +309,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"| {name} | {f['images_per_s']:.1f} | {tr['images_per_s']:.2f} | {f['speedup_vs_gd']:.2f} "
               f"| {tr['speedup_vs_gd']:.2f} | {f['speedup_vs_gd_cpu_time']:.2f} "
               f"| {tr['speedup_vs_gd_cpu_time']:.2f} | {max_diff[name]:.1e} |")  # fmt: skip
+    if breakdown:
+        gd_step = sum(breakdown["guided-diffusion"].values())
+        print("\n| contender | convolutions ms/step | rest ms/step | convolution share | gd step / convs |")
+        print("|---|---:|---:|---:|---:|")
+        for name, b in breakdown.items():
+            total = b["conv_ms"] + b["other_ms"]
+            print(f"| {name} | {b['conv_ms']:.0f} | {b['other_ms']:.0f} | {b['conv_ms'] / total:.0%} "
+                  f"| {gd_step / b['conv_ms']:.2f}× |")  # fmt: skip
+    for name, seconds in compile_s.items():
+        print(f"{name}: compiled in {seconds:.0f} s (not in the timings)")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
