@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+
+from _modules import load_module
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def load_report() -> ModuleType:
-    sys.path.insert(0, str(BENCH))
+    sys.path.insert(0, str(BENCH))  # report.py imports its sibling run_all
     try:
-        spec = importlib.util.spec_from_file_location("bench_report", BENCH / "report.py")
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+        return load_module("bench_report", BENCH / "report.py")
     finally:
         sys.path.remove(str(BENCH))
 

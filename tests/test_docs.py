@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import re
 from pathlib import Path
@@ -17,6 +16,7 @@ from types import ModuleType
 
 import pytest
 import torch
+from _modules import load_module
 
 import ddkit
 from ddkit import hookspecs
@@ -33,12 +33,7 @@ def python_blocks(page: str) -> list[str]:
 
 
 def _hooks_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ddkit_docs_hooks", DOCS / "hooks.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module("ddkit_docs_hooks", DOCS / "hooks.py")
 
 
 @pytest.mark.timeout(900)
