@@ -29,6 +29,7 @@ _TITLES = {
     "sampler": "Samplers",
     "guidance": "Guidance",
     "resampler": "Timestep resamplers",
+    "autoencoder": "Autoencoders",
 }
 _INTROS = {
     "schedule": "A schedule gives the T betas of the training chain and ᾱ(t) for continuous t "
@@ -42,6 +43,8 @@ _INTROS = {
     "`[[guidance]]` table per guidance, applied in the order of the denoiser (see Concepts).",
     "resampler": "Resamplers draw the training timesteps with importance weights "
     "(`ddkit.TimestepResampler`). Config table: `[resampler]`.",
+    "autoencoder": "Autoencoders map data to the latents a latent pipeline's model works in and back "
+    "(`ddkit.Autoencoder`). Config table: `[autoencoder]`.",
 }
 
 

@@ -19,6 +19,7 @@ from ddkit.errors import (
 from ddkit.hookspecs import hookimpl
 from ddkit.prediction import Prediction
 from ddkit.protocols import (
+    Autoencoder,
     Guidance,
     ModelFn,
     ModelSpec,
@@ -41,6 +42,7 @@ __version__ = "0.1.0"
 __all__ = [
     "KINDS",
     "PLUGIN_API_VERSION",
+    "Autoencoder",
     "CompositionError",
     "ConfigError",
     "Guidance",

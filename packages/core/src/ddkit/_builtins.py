@@ -100,3 +100,15 @@ def ddkit_resamplers() -> list[Record]:
             paper=_IDDPM,
         ),
     ]
+
+
+@hookimpl
+def ddkit_autoencoders() -> list[Record]:
+    return [
+        Record(
+            "pixel-shuffle",
+            "ddkit.autoencoders:pixel_shuffle",
+            "Parameter-free, exactly invertible space-to-depth (factor² channels per patch), for latent "
+            "pipelines with core alone.",
+        ),
+    ]

@@ -55,6 +55,12 @@ def ddkit_resamplers() -> list[Record]:
     raise AssertionError("hookspec")
 
 
+@hookspec
+def ddkit_autoencoders() -> list[Record]:
+    """Autoencoders for latent pipelines: factories returning a :class:`ddkit.protocols.Autoencoder`."""
+    raise AssertionError("hookspec")
+
+
 #: Which hook answers for each kind.
 HOOK_BY_KIND: dict[str, str] = {
     "schedule": "ddkit_schedules",
@@ -63,4 +69,5 @@ HOOK_BY_KIND: dict[str, str] = {
     "sampler": "ddkit_samplers",
     "guidance": "ddkit_guidances",
     "resampler": "ddkit_resamplers",
+    "autoencoder": "ddkit_autoencoders",
 }

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GUIDANCE_FORMS",
+    "UNCOND_KEYWORDS",
+    "Autoencoder",
     "Generator",
     "Guidance",
     "ModelFn",
@@ -45,6 +47,11 @@ Generator = torch.Generator | Sequence[torch.Generator] | None
 
 #: Where a guidance acts: around the model call, on the predicted noise, or on the transition mean.
 GUIDANCE_FORMS: tuple[str, ...] = ("model", "score", "mean")
+
+#: Sampling keywords that carry the unconditional value of other conditioning keywords
+#: (``uncond={"encoder_hidden_states": empty_prompt}``): they are meant for a guidance that
+#: lists them in its optional ``consumes`` attribute, and never reach the network.
+UNCOND_KEYWORDS: tuple[str, ...] = ("uncond", "negative")
 
 
 @runtime_checkable
@@ -243,6 +250,10 @@ class Guidance(Protocol):
     The model form wraps the network call (:meth:`wrap_model`); the score and mean forms
     use :meth:`gradient`, g = s·∇ log p(y | x_t): the score form sets
     eps ← eps − sqrt(1 − ᾱ_t)·g and the mean form mean ← mean + Σ·g.
+
+    A guidance may also have a ``consumes`` attribute: the sampling keywords of
+    :data:`UNCOND_KEYWORDS` it takes for itself (a model-form guidance pops them from the
+    conditioning before calling the network).
     """
 
     forms: tuple[str, ...]
@@ -280,4 +291,31 @@ class TimestepResampler(Protocol):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the state from :meth:`state_dict`."""
+        ...
+
+
+@runtime_checkable
+class Autoencoder(Protocol):
+    """Maps data to the latents a latent pipeline's model works in, and back.
+
+    ``encode`` is deterministic (a VAE returns its posterior's mean or mode) and both
+    directions are unscaled: the pipeline maps data to latents as
+    ``z = (encode(x) - shift_factor) * scaling_factor`` and back as
+    ``x = decode(z / scaling_factor + shift_factor)``, so that latents have roughly unit
+    variance. ``shift_factor`` is 0.0 for an autoencoder without one. An autoencoder may also
+    have ``latent_shape(sample_shape) -> tuple`` (one data sample's shape to one latent's).
+    A pipeline keeps its autoencoder frozen (eval mode, no gradients).
+
+    .. versionadded:: 0.1.0
+    """
+
+    scaling_factor: float
+    shift_factor: float
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The unscaled latents of a data batch ``x``."""
+        ...
+
+    def decode(self, z: Tensor) -> Tensor:
+        """The data batch of unscaled latents ``z``."""
         ...

@@ -10,7 +10,15 @@ import attrs
 __all__ = ["KINDS", "Record"]
 
 #: The kinds of component a plugin can provide, in the order they are listed.
-KINDS: tuple[str, ...] = ("schedule", "parameterization", "model", "sampler", "guidance", "resampler")
+KINDS: tuple[str, ...] = (
+    "schedule",
+    "parameterization",
+    "model",
+    "sampler",
+    "guidance",
+    "resampler",
+    "autoencoder",
+)
 
 
 @attrs.frozen
