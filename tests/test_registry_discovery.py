@@ -61,7 +61,9 @@ def test_a_plugin_that_fails_to_import_is_listed_as_broken(ddkit_site: FakeSite)
         "ddkit plugin gone-plugin 0.0.1",
     ]
     errors = {
-        row.distribution: (row.kind, row.status, row.error) for row in registry.rows() if row.status != "ok"
+        row.distribution: (row.kind, row.status, row.error)
+        for row in registry.rows()
+        if row.status not in ("ok", "not-loaded")
     }
     assert errors == {
         "bad-plugin": (None, "broken", "RuntimeError: no GPU here"),
@@ -75,7 +77,9 @@ def test_the_allow_list_loads_only_named_distributions_and_core(ddkit_site: Fake
     add_plugin(ddkit_site, "toy-b", "beta")
     registry = Registry.discover(only(" Toy_A "))
     assert registry.names("sampler") == ["alpha"]
-    assert registry.skipped["toy-b"] == "not listed in DDKIT_PLUGINS"
+    assert registry.skipped["toy-b"] == (
+        "not loaded (DDKIT_PLUGINS=Toy_A): add toy-b to DDKIT_PLUGINS to load it"
+    )
     assert "ddkit-core" in {p.distribution for p in registry.plugins}
     with pytest.raises(UnknownPluginError, match="no sampler named 'beta'"):
         registry.create("sampler", "beta")
@@ -99,7 +103,7 @@ def test_disable_autoload_loads_only_core(ddkit_site: FakeSite, value: str, auto
     assert ("alpha" in registry.names("sampler")) is autoload
     if not autoload:
         assert [p.distribution for p in registry.plugins] == ["ddkit-core"]
-        assert "DDKIT_DISABLE_PLUGIN_AUTOLOAD is set" in registry.skipped["toy-a"]
+        assert f"not loaded (DDKIT_DISABLE_PLUGIN_AUTOLOAD={value})" in registry.skipped["toy-a"]
 
 
 def test_the_environment_is_read_by_the_process_wide_registry(
@@ -155,9 +159,10 @@ def test_an_official_distribution_that_is_skipped_or_broken_says_so(ddkit_site: 
         "ddkit-samplers", {"fake_ddkit_samplers": "raise ImportError('torch too old')"}
     )
     skipped = Registry.discover(only())
-    with pytest.raises(
-        UnknownPluginError, match="ddkit-samplers, which is installed but not loaded: not listed"
-    ):
+    not_loaded = (
+        r"ddkit-samplers, which is installed but not loaded \(DDKIT_PLUGINS=\): add ddkit-samplers to"
+    )
+    with pytest.raises(UnknownPluginError, match=not_loaded):
         skipped.create("sampler", "ddim")
     with pytest.warns(PluginWarning):
         broken = Registry.discover(only("ddkit-samplers"))

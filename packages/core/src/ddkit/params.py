@@ -8,7 +8,10 @@ before building any, so that all of a config's problems are reported at once.
 
 Type checks are cheap and conservative: a value is refused only when its annotation says for
 sure that it does not fit (plain types, ``Literal``, unions, containers of those); anything
-else is left to the factory.
+else is left to the factory. Numbers must be finite: NaN is never a setting, and infinity only
+where the parameter's default is infinite itself (``s_tmax = inf``), so a NaN or an infinity
+from a config or a command line is refused here rather than sampling NaN later.
+Every refusal is a :class:`~ddkit.errors.InputError` or :class:`~ddkit.errors.InputTypeError`.
 
 .. versionadded:: 0.1.0
 """
@@ -17,12 +20,15 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import numbers
 import sys
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from typing import Any, Literal
+
+from ddkit.errors import InputError, InputTypeError, NonFiniteError
 
 __all__ = ["check_params", "describe_params"]
 
@@ -34,13 +40,17 @@ _ITEM_CONTAINERS: tuple[type, ...] = (list, tuple, set, frozenset, Sequence, Set
 def check_params(label: str, factory: Callable[..., Any], params: Mapping[str, Any]) -> None:
     """Reject unknown, missing and wrongly typed keywords before ``factory(**params)`` is called.
 
-    ``label`` names the component in the message (``"sampler 'ddim'"``). Raises ``TypeError``
-    for an unknown keyword (suggesting the closest accepted one), a missing required one or a
-    value of the wrong type, and ``ValueError`` for a value outside a ``Literal``; every message
-    lists the accepted parameters. A factory without a readable signature is not checked.
+    ``label`` names the component in the message (``"sampler 'ddim'"``). Raises
+    :class:`~ddkit.errors.InputTypeError` (a ``TypeError``) for an unknown keyword (suggesting
+    the closest accepted one), a missing required one or a value of the wrong type, and
+    :class:`~ddkit.errors.InputError` (a ``ValueError``) for a value outside a ``Literal`` or a
+    NaN or infinity (see the module docstring); type messages list the accepted parameters.
+    A factory without a readable signature is checked for non-finite numbers only.
     """
     signature = _signature(factory)
     if signature is None:
+        for key, value in params.items():
+            _check_finite(label, key, value, inspect.Parameter.empty)
         return
     parameters = signature.parameters.values()
     accepted = {p.name: p for p in parameters if p.kind in _KEYWORD_KINDS}
@@ -50,17 +60,50 @@ def check_params(label: str, factory: Callable[..., Any], params: Mapping[str, A
             if key not in accepted:
                 close = difflib.get_close_matches(key, accepted, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise TypeError(f"{label}: unknown parameter {key!r}{hint} (accepted: {listing})")
+                raise InputTypeError(f"{label}: unknown parameter {key!r}{hint} (accepted: {listing})")
     for p in parameters:
         if p.default is not inspect.Parameter.empty:
             continue
         positional_only = p.kind is inspect.Parameter.POSITIONAL_ONLY
         if positional_only or (p.kind in _KEYWORD_KINDS and p.name not in params):
-            raise TypeError(f"{label}: missing required parameter {p.name!r} (accepted: {listing})")
+            raise InputTypeError(f"{label}: missing required parameter {p.name!r} (accepted: {listing})")
     hints = _type_hints(factory)
     for key, value in params.items():
         if key in hints and key in accepted:
             _check_value(label, key, value, hints[key])
+        default = accepted[key].default if key in accepted else inspect.Parameter.empty
+        _check_finite(label, key, value, default)
+
+
+def _check_finite(label: str, key: str, value: object, default: object) -> None:
+    """Refuse NaN anywhere in ``value``, and infinity unless ``default`` is infinite too."""
+    bad = _first_nonfinite(value)
+    if bad is None or (not math.isnan(bad) and _first_nonfinite(default) is not None):
+        return
+    where = "" if bad is value else f" in {_short(value)}"
+    example = f", e.g. the default {default!r}" if isinstance(default, (int, float)) else ""
+    raise NonFiniteError(
+        f"{label}: parameter {key!r} must be finite (got {bad!r}{where}); give a finite number{example}"
+    )
+
+
+def _first_nonfinite(value: object, depth: int = 0) -> float | None:
+    """The first NaN or infinity in ``value`` (a number, or a list, tuple or dict of them), else None."""
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, numbers.Integral)):
+        v = float(value)
+        return None if math.isfinite(v) else v
+    if depth > 3:
+        return None
+    items: Iterable[object] = ()
+    if isinstance(value, Mapping):
+        items = value.values()
+    elif isinstance(value, (list, tuple)):
+        items = value
+    for item in items:
+        found = _first_nonfinite(item, depth + 1)
+        if found is not None:
+            return found
+    return None
 
 
 def describe_params(factory: Callable[..., Any]) -> dict[str, str]:
@@ -109,10 +152,10 @@ def _check_value(label: str, key: str, value: object, hint: object) -> None:
         text = [str(v) for v in literals if isinstance(v, str)]
         close = difflib.get_close_matches(value, text, n=1) if isinstance(value, str) else []
         hint_text = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(
+        raise InputError(
             f"{label}: parameter {key!r} must be one of {allowed} (got {_short(value)}{hint_text})"
         )
-    raise TypeError(
+    raise InputTypeError(
         f"{label}: parameter {key!r} must be {_type_text(hint)} (got {type(value).__name__} {_short(value)})"
     )
 

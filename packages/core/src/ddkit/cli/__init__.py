@@ -21,13 +21,7 @@ from collections.abc import Callable, Sequence
 
 from ddkit import __version__
 from ddkit.cli import demo, plugins, sample, train
-from ddkit.errors import (
-    CompositionError,
-    ConfigError,
-    IntegrityError,
-    PluginConflictError,
-    UnknownPluginError,
-)
+from ddkit.errors import DdkitError
 from ddkit.registry import PLUGIN_API_VERSION
 
 __all__ = ["COMMANDS", "AddArguments", "Run", "build_parser", "main"]
@@ -43,14 +37,9 @@ COMMANDS: dict[str, tuple[AddArguments, Run]] = {
     "demo": (demo.add_arguments, demo.run),
 }
 
-#: Errors that mean "the request was wrong", shown as one message instead of a traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (
-    UnknownPluginError,
-    PluginConflictError,
-    ConfigError,
-    CompositionError,
-    IntegrityError,
-)
+#: Errors that mean "the request was wrong", shown as one message instead of a traceback:
+#: every error ddkit raises on purpose names the bad value and the fix already.
+USER_ERRORS: tuple[type[Exception], ...] = (DdkitError,)
 
 
 def build_parser() -> argparse.ArgumentParser:

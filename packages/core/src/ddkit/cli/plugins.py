@@ -17,8 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--json",
         action="store_true",
         help="print a JSON list of objects with keys kind, name, distribution, version, summary, "
-        "status (ok, broken, incompatible, conflict) and error; a distribution that registers "
-        "no names (or is broken or incompatible) is one object with kind and name null",
+        "status (ok, broken, incompatible, conflict, not-loaded, not-installed) and error; a "
+        "distribution that registers no names (or is broken, incompatible, kept out by "
+        "DDKIT_PLUGINS or DDKIT_DISABLE_PLUGIN_AUTOLOAD, or named in DDKIT_PLUGINS but not installed) "
+        "is one object with kind and name null",
     )
     parser.add_argument("--kind", choices=KINDS, help="only list components of this kind")
 
@@ -27,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
     """List installed plugins, the components they register, and any that failed to load.
 
     Broken and incompatible plugins are listed with the first line of their error rather
-    than stopping the listing; names registered by two distributions are marked conflict.
+    than stopping the listing; names registered by two distributions are marked conflict;
+    plugins kept out by DDKIT_PLUGINS or DDKIT_DISABLE_PLUGIN_AUTOLOAD are marked not-loaded,
+    and a DDKIT_PLUGINS entry naming no installed plugin is marked not-installed.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PluginWarning)  # the listing itself shows them
@@ -39,8 +43,6 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps([row.to_json() for row in rows], indent=2))
         return 0
     print(format_table(rows))
-    for distribution, reason in sorted(registry.skipped.items()):
-        print(f"not loaded: {distribution} ({reason})")
     return 0
 
 

@@ -10,7 +10,13 @@ Environment switches, read when the registry is first used (:func:`reset` re-rea
 ``DDKIT_DISABLE_PLUGIN_AUTOLOAD=1``
     load only core's built-ins (the ``ddkit-core`` entry point).
 ``DDKIT_PLUGINS=dist-a,dist-b``
-    load only these distributions, and core; an empty value loads only core.
+    load only these distributions, and core; an empty value loads only core. A name that is
+    not installed is warned about with its closest match, and listed by ``ddkit plugins``.
+
+Installed distributions kept out by a switch are listed as ``not-loaded``, and a lookup of a
+name they may provide says "installed but not loaded (DDKIT_PLUGINS=...)" rather than "not
+installed". A plugin that raises anything while importing or answering its hooks, ``SystemExit``
+included (``KeyboardInterrupt`` aside), is recorded as ``broken``.
 
 This module is the public face and holds the process-wide registry; the pieces live in
 private modules: ``_discovery`` (entry points and switches), ``_contract`` (what a plugin must
@@ -36,7 +42,7 @@ from ddkit.registry._entries import (
 from ddkit.registry._entries import PluginStatus as PluginStatus  # type alias, outside __all__ as before
 from ddkit.registry._entries import RowStatus as RowStatus
 from ddkit.registry._messages import OFFICIAL_PLUGINS
-from ddkit.registry._registry import Registry
+from ddkit.registry._registry import Registry, pinned_providers
 
 __all__ = [
     "ALLOW_ENV",
@@ -55,6 +61,7 @@ __all__ = [
     "describe",
     "get_registry",
     "names",
+    "pinned_providers",
     "reset",
     "set_registry",
 ]

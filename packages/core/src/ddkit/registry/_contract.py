@@ -75,7 +75,9 @@ def collect_records(pm: pluggy.PluginManager, plugin: object) -> list[tuple[str,
                 continue
             try:
                 result = impl.function()
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # SystemExit too: a hook must not end the process
                 raise InvalidPlugin(f"{caller.name}() raised {first_line(exc)}") from exc
             collected.extend((KIND_BY_HOOK[caller.name], r) for r in check_records(caller.name, result))
     return collected

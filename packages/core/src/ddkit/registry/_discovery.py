@@ -37,22 +37,32 @@ class Policy:
 
     autoload: bool
     allowed: frozenset[str] | None
+    #: The switches as set, for messages: ``DDKIT_PLUGINS=toy-a`` or ``DDKIT_DISABLE_PLUGIN_AUTOLOAD=1``.
+    setting: str = ""
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Policy:
         flag = environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower()
         raw = environ.get(ALLOW_ENV)
         allowed = None if raw is None else frozenset(normalize(p) for p in raw.split(",") if p.strip())
-        return cls(autoload=flag in ("", "0", "false", "no", "off"), allowed=allowed)
+        autoload = flag in ("", "0", "false", "no", "off")
+        if not autoload:
+            setting = f"{DISABLE_AUTOLOAD_ENV}={environ.get(DISABLE_AUTOLOAD_ENV, '').strip()}"
+        else:
+            setting = f"{ALLOW_ENV}={(raw or '').strip()}" if raw is not None else ""
+        return cls(autoload=autoload, allowed=allowed, setting=setting)
 
     def exclusion(self, distribution: str) -> str | None:
-        """Why ``distribution`` is not loaded, or ``None`` when it is."""
+        """Why ``distribution`` is not loaded and how to load it, or ``None`` when it is loaded.
+
+        The text finishes "installed but ...": ``not loaded (DDKIT_PLUGINS=a): add b to DDKIT_PLUGINS``.
+        """
         if normalize(distribution) == CORE_DISTRIBUTION:
             return None
         if not self.autoload:
-            return f"{DISABLE_AUTOLOAD_ENV} is set, so only {CORE_DISTRIBUTION} is loaded"
+            return f"not loaded ({self.setting}): unset {DISABLE_AUTOLOAD_ENV} to load it"
         if self.allowed is not None and normalize(distribution) not in self.allowed:
-            return f"not listed in {ALLOW_ENV}"
+            return f"not loaded ({self.setting}): add {distribution} to {ALLOW_ENV} to load it"
         return None
 
 

@@ -15,7 +15,9 @@ from ddkit.registry._contract import first_line
 __all__ = ["Description", "Entry", "PluginInfo", "PluginRow", "PluginStatus", "PluginWarning", "RowStatus"]
 
 PluginStatus = Literal["ok", "broken", "incompatible"]
-RowStatus = Literal["ok", "broken", "incompatible", "conflict"]
+#: ``not-loaded``: installed but kept out by an environment switch; ``not-installed``: named in
+#: ``DDKIT_PLUGINS`` but not installed (a typo, most often).
+RowStatus = Literal["ok", "broken", "incompatible", "conflict", "not-loaded", "not-installed"]
 
 
 class PluginWarning(UserWarning):
@@ -64,7 +66,9 @@ class Entry:
             obj: Any = importlib.import_module(module_name)
             for part in attribute.split("."):
                 obj = getattr(obj, part)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit too: importing a factory must not end the process
             raise ImportError(
                 f"{self.label} from {self.plugin.distribution} {self.plugin.version}: "
                 f"cannot load its factory {factory!r}: {first_line(exc)}"
@@ -78,8 +82,9 @@ class Entry:
 class PluginRow:
     """One line of ``ddkit plugins``: a registered name, or a distribution that registers none.
 
-    A distribution that is broken, incompatible or registers no names appears as a single row
-    with ``kind`` and ``name`` set to ``None``; ``error`` holds the first line of its error.
+    A distribution that is broken, incompatible, not loaded (an environment switch), named in
+    ``DDKIT_PLUGINS`` but not installed, or that registers no names appears as a single row with
+    ``kind`` and ``name`` set to ``None``; ``error`` holds the first line of its error.
     """
 
     kind: str | None

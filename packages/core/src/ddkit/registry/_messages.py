@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping, Sequence
 
+from ddkit.errors import InputError, InputTypeError
 from ddkit.records import KINDS
 from ddkit.registry import _discovery
 from ddkit.registry._discovery import normalize
@@ -17,7 +18,10 @@ from ddkit.registry._entries import Entry, PluginInfo
 __all__ = [
     "OFFICIAL_PLUGINS",
     "conflict_message",
+    "missing_provider",
     "prefixed",
+    "refused",
+    "unknown_allowed",
     "unknown_kind",
     "unknown_name",
     "unknown_qualified",
@@ -73,6 +77,12 @@ def unknown_name(
         else:
             continue
         break
+    else:
+        unloaded = [d for d in skipped if d not in mentioned]
+        if unloaded and name not in available:
+            # A third party's names are unknown until its module is imported, which the switch forbids.
+            listed = "; ".join(f"{d} ({skipped[d]})" for d in sorted(unloaded))
+            lines.append(f"{name!r} may come from a plugin that is installed but not loaded: {listed}")
     failed = [p for p in plugins if p.status != "ok" and p.distribution not in mentioned]
     if failed:
         listed = "; ".join(f"{p.distribution} {p.version} ({p.status}: {p.error})" for p in failed)
@@ -90,11 +100,81 @@ def _availability(distribution: str, plugins: Sequence[PluginInfo], skipped: Map
             return f"{distribution}, but the installed version {plugin.version} does not register it"
     for name, reason in skipped.items():
         if normalize(name) == normalize(distribution):
-            return f"{distribution}, which is installed but not loaded: {reason}"
+            return f"{distribution}, which is installed but {reason}"
     version = _discovery.installed_version(distribution)
     if version is not None:
         return f"{distribution}, which is installed ({version}) but not loaded in this registry"
     return f"{distribution}, which is not installed: pip install {distribution}"
+
+
+def missing_provider(
+    kind: str,
+    name: str,
+    distribution: str,
+    version: str | None,
+    *,
+    plugins: Sequence[PluginInfo],
+    skipped: Mapping[str, str],
+    others: Sequence[str],
+) -> str:
+    """Why the distribution a saved pipeline recorded for ``name`` does not provide it here."""
+    pin = f"{distribution}=={version}" if version else distribution
+    head = f"{kind} {name!r} was provided by {distribution}" + (f" {version}" if version else "")
+    state = None
+    for plugin in plugins:
+        if normalize(plugin.distribution) == normalize(distribution):
+            if plugin.status != "ok":
+                state = f"which is installed ({plugin.version}) but {plugin.status}: {plugin.error}"
+            else:
+                state = (
+                    f"but the installed {distribution} {plugin.version} does not register it; "
+                    f"install the version it was saved with: pip install {pin}"
+                )
+            break
+    else:
+        for skipped_name, reason in skipped.items():
+            if normalize(skipped_name) == normalize(distribution):
+                state = f"which is installed but {reason}"
+                break
+    if state is None:
+        state = f"which is not installed here; install it with: pip install {pin}"
+    text = f"{head}, {state}"
+    others = [d for d in others if normalize(d) != normalize(distribution)]
+    if others:
+        text += (
+            f" ({', '.join(others)} registers a {kind} {name!r} too, but a saved pipeline is rebuilt only "
+            "from the distribution that saved it)"
+        )
+    return text
+
+
+def unknown_allowed(name: str, close: str | None, installed: Sequence[str] | None) -> str:
+    """A ``DDKIT_PLUGINS`` entry that names no installed distribution (a typo, most often)."""
+    hint = f"; did you mean {close!r}?" if close else ""
+    listing = f" (installed: {', '.join(installed)})" if installed is not None else ""
+    return f"{_discovery.ALLOW_ENV} names {name!r}, which is not an installed ddkit plugin{hint}{listing}"
+
+
+def refused(exc: BaseException, label: str, params: Mapping[str, object]) -> Exception:
+    """A factory's refusal of ``params`` as a ddkit error that names the component and the values.
+
+    ``TypeError`` stays a type error (:class:`InputTypeError`); a ``ValueError`` or an arithmetic
+    failure (``OverflowError``, ``ZeroDivisionError``) becomes an :class:`InputError`.
+    """
+    message = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, ArithmeticError):
+        given = ", ".join(f"{k}={_short(v)}" for k, v in params.items()) or "the defaults"
+        return InputError(
+            f"{label}: the parameters {given} give no usable numbers ({type(exc).__name__}: {message}); "
+            "use values closer to the defaults"
+        )
+    text = message if message.startswith(label) else f"{label}: {message}"
+    return InputTypeError(text) if isinstance(exc, TypeError) else InputError(text)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def unknown_qualified(

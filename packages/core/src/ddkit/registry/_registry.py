@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import difflib
 import os
 import types
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from importlib import metadata
 from typing import Any
 
@@ -13,7 +16,14 @@ import attrs
 import pluggy
 
 from ddkit import hookspecs
-from ddkit.errors import IncompatiblePluginError, PluginConflictError, UnknownPluginError
+from ddkit.errors import (
+    DdkitError,
+    IncompatiblePluginError,
+    InputError,
+    InputTypeError,
+    PluginConflictError,
+    UnknownPluginError,
+)
 from ddkit.params import check_params, describe_params
 from ddkit.records import KINDS
 from ddkit.registry import _discovery, _messages
@@ -21,7 +31,29 @@ from ddkit.registry._contract import InvalidPlugin, api_problem, collect_records
 from ddkit.registry._discovery import ALLOW_ENV, CORE_DISTRIBUTION, Policy, normalize
 from ddkit.registry._entries import Description, Entry, PluginInfo, PluginRow, PluginWarning, RowStatus
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "pinned_providers"]
+
+#: (kind, name) -> the distribution an unqualified lookup of that name must resolve to.
+_PINS: contextvars.ContextVar[Mapping[tuple[str, str], str]] = contextvars.ContextVar(
+    "ddkit_pins", default={}
+)
+
+
+@contextlib.contextmanager
+def pinned_providers(providers: Mapping[tuple[str, str], str]) -> Iterator[None]:
+    """Resolve each ``(kind, name)`` in ``providers`` from that distribution only, inside the block.
+
+    A saved pipeline records which distribution provided each part; loading it under these pins
+    builds the same parts even when another plugin registers one of the names too, and says
+    exactly why when the recorded distribution is missing or not loaded. Names qualified as
+    ``distribution:name`` ignore the pins.
+    """
+    pins = {(kind, name.strip().lower()): dist for (kind, name), dist in providers.items()}
+    token = _PINS.set({**_PINS.get(), **pins})
+    try:
+        yield
+    finally:
+        _PINS.reset(token)
 
 
 class Registry:
@@ -42,6 +74,8 @@ class Registry:
         self._entries: dict[str, dict[str, list[Entry]]] = {kind: {} for kind in KINDS}
         self._unusable_names: dict[tuple[str, str], PluginInfo] = {}
         self._skipped: dict[str, str] = {}
+        self._skipped_versions: dict[str, str] = {}
+        self._unknown_allowed: dict[str, str | None] = {}
 
     @classmethod
     def discover(cls, environ: Mapping[str, str] | None = None) -> Registry:
@@ -62,8 +96,16 @@ class Registry:
 
     @property
     def skipped(self) -> Mapping[str, str]:
-        """Installed distributions that were not loaded, with the reason (an environment switch)."""
+        """Installed distributions that were not loaded, with the switch and how to load them.
+
+        Each reason finishes "installed but ...": ``not loaded (DDKIT_PLUGINS=a): add b to DDKIT_PLUGINS``.
+        """
         return types.MappingProxyType(self._skipped)
+
+    @property
+    def unknown_allowed(self) -> Mapping[str, str | None]:
+        """Names in ``DDKIT_PLUGINS`` that no installed distribution has, each with its closest match."""
+        return types.MappingProxyType(self._unknown_allowed)
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -79,14 +121,16 @@ class Registry:
                 self._load_entry_point(ep, distribution)
             else:
                 self._skipped[distribution] = reason
+                self._skipped_versions[distribution] = ep.dist.version if ep.dist is not None else "unknown"
         if CORE_DISTRIBUTION not in seen:
             # Running from a source tree without installed metadata: core still registers itself.
             self.register_builtins()
         if policy.autoload and policy.allowed is not None:
             for missing in sorted(policy.allowed - seen):
+                close = difflib.get_close_matches(missing, sorted(seen), n=1, cutoff=0.6)
+                self._unknown_allowed[missing] = close[0] if close else None
                 warnings.warn(
-                    f"{ALLOW_ENV} names {missing!r}, which is not an installed ddkit plugin "
-                    f"(installed: {', '.join(sorted(seen))})",
+                    _messages.unknown_allowed(missing, close[0] if close else None, sorted(seen)),
                     PluginWarning,
                     stacklevel=2,
                 )
@@ -123,7 +167,9 @@ class Registry:
                 raise problem
             self._pm.register(plugin, name=f"{distribution}#{len(self._plugins)}")
             records = collect_records(self._pm, plugin)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit too: a plugin must not end the process
             if self._pm.is_registered(plugin):
                 self._pm.unregister(plugin)
             return self._add(attrs.evolve(info, status="broken", error=first_line(exc), exception=exc))
@@ -135,7 +181,9 @@ class Registry:
         version = ep.dist.version if ep.dist is not None else "unknown"
         try:
             plugin = ep.load()
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit too: a plugin must not end the process
             info = PluginInfo(distribution, version, ep.value, "broken", first_line(exc), exception=exc)
             return self._add(info)
         if self._pm.is_registered(plugin):
@@ -151,7 +199,9 @@ class Registry:
             try:
                 for record in getattr(plugin, hook)():
                     self._unusable_names[(kind, str(record.name))] = info
-            except Exception:
+            except KeyboardInterrupt:
+                raise
+            except BaseException:  # its names are a courtesy for messages; never worth a crash
                 continue
 
     def _add(self, info: PluginInfo) -> PluginInfo:
@@ -177,8 +227,16 @@ class Registry:
         Raises the errors described in :func:`~ddkit.registry.create`.
         """
         kind = self._kind(kind)
+        if not isinstance(name, str):
+            raise InputTypeError(f"a {kind} name must be a string (got {type(name).__name__} {name!r})")
         distribution, _, short = name.strip().lower().rpartition(":")
         candidates = self._entries[kind].get(short, [])
+        pinned = None if distribution else _PINS.get().get((kind, short))
+        if pinned is not None:
+            chosen = [e for e in candidates if normalize(e.plugin.distribution) == normalize(pinned)]
+            if not chosen:
+                raise UnknownPluginError(self.explain_missing(kind, short, pinned))
+            candidates = chosen
         if distribution:
             candidates = [
                 e for e in candidates if normalize(e.plugin.distribution) == normalize(distribution)
@@ -204,11 +262,28 @@ class Registry:
         check_params(entry.label, factory, params)
         try:
             return factory(**params)
-        except (TypeError, ValueError) as exc:
+        except DdkitError as exc:
             renamed = _messages.prefixed(exc, entry.label)
             if renamed is exc:
                 raise
             raise renamed from exc
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            # The factory refused these parameters: the registry is where a component meets its
+            # caller, so a plain refusal becomes a ddkit error naming the component and the values.
+            # A plugin's own exception type is kept (its callers may catch it), prefixed in place.
+            if type(exc) in (TypeError, ValueError) or isinstance(exc, ArithmeticError):
+                raise _messages.refused(exc, entry.label, params) from exc
+            renamed = _messages.prefixed(exc, entry.label)
+            if renamed is exc:
+                raise
+            raise renamed from exc
+        except KeyboardInterrupt:
+            raise
+        except (SystemExit, GeneratorExit) as exc:
+            raise RuntimeError(
+                f"{entry.label} from {entry.plugin.distribution} {entry.plugin.version}: its factory raised "
+                f"{type(exc).__name__}({exc}) instead of returning; report this to the plugin's authors"
+            ) from exc
 
     def describe(self, kind: str, name: str) -> Description:
         """Where ``name`` comes from and its parameters; see :func:`~ddkit.registry.describe`."""
@@ -258,7 +333,26 @@ class Registry:
                         None, None, plugin.distribution, plugin.version, summary, plugin.status, plugin.error
                     )
                 )
+        for distribution, reason in sorted(self._skipped.items()):
+            version = self._skipped_versions.get(distribution, "unknown")
+            text = f"installed but {reason}"
+            rows.append(PluginRow(None, None, distribution, version, text, "not-loaded", text))
+        for missing, close in sorted(self._unknown_allowed.items()):
+            text = _messages.unknown_allowed(missing, close, None)
+            rows.append(PluginRow(None, None, missing, "", text, "not-installed", text))
         return rows
+
+    def explain_missing(self, kind: str, name: str, distribution: str, version: str | None = None) -> str:
+        """Why ``distribution`` (a saved pipeline's record) provides no ``kind`` ``name`` here, and the fix."""
+        return _messages.missing_provider(
+            kind,
+            name,
+            distribution,
+            version,
+            plugins=self._plugins,
+            skipped=self._skipped,
+            others=sorted({e.plugin.distribution for e in self._entries[self._kind(kind)].get(name, [])}),
+        )
 
     # -- messages --------------------------------------------------------------------------
 
