@@ -1,0 +1,37 @@
+"""The ddkit plugin module of ddkit_diffusers: the records it registers (importing no diffusers code)."""
+
+from __future__ import annotations
+
+from ddkit import Record, hookimpl
+from ddkit.hookspecs import HOOK_BY_KIND
+
+DDKIT_PLUGIN_API = "1.0"
+
+
+@hookimpl
+def ddkit_models() -> list[Record]:
+    return [
+        Record(
+            "diffusers",
+            "ddkit_diffusers.model:diffusers_model",
+            "A UNet or transformer saved by diffusers' save_pretrained (local folder, safetensors).",
+        ),
+    ]
+
+
+def ddkit_autoencoders() -> list[Record]:
+    return [
+        Record(
+            "diffusers-vae",
+            "ddkit_diffusers.vae:diffusers_vae",
+            "A diffusers AutoencoderKL or AutoencoderTiny (local folder, safetensors) for latent pipelines.",
+            paper="Rombach et al. 2022, High-Resolution Image Synthesis with Latent Diffusion Models, "
+            "arXiv:2112.10752",
+        ),
+    ]
+
+
+# A ddkit-core without latent pipelines has no autoencoder hook: registering it there would
+# make the whole plugin invalid, so the hook is declared only where core knows it.
+if "autoencoder" in HOOK_BY_KIND:
+    ddkit_autoencoders = hookimpl(ddkit_autoencoders)
