@@ -156,7 +156,8 @@ def test_a_plugin_registering_a_builtin_name_does_not_break_a_saved_pipeline(
         with pytest.raises(ddkit.ConfigError, match="registered by 2 plugins"):  # a new config must choose
             Pipeline.from_config(CFG)
         pipe = Pipeline.load(saved)
-        assert type(pipe.schedule).__name__ == "NoiseSchedule" and pipe.schedule.name == "linear"
+        assert type(pipe.schedule).__name__ == "NoiseSchedule"
+        assert getattr(pipe.schedule, "name", None) == "linear"
         assert pipe.config["schedule"]["name"] == "linear"  # the saved config keeps the plain name
 
 
@@ -188,9 +189,9 @@ def test_a_saved_part_whose_distribution_is_gone_names_it_and_the_other_provider
     (saved / "pipeline.toml").write_text(
         text.replace('distribution = "ddkit-core"', 'distribution = "gone-dist"', 1)
     )
-    with fresh_registry(discover=True):
-        with pytest.raises(UnknownPluginError) as info:
-            Pipeline.load(saved)
+    with fresh_registry(discover=True), pytest.raises(UnknownPluginError) as info:
+        Pipeline.load(saved)
     message = str(info.value)
-    assert "was provided by gone-dist" in message and "pip install gone-dist" in message
+    assert "was provided by gone-dist" in message
+    assert "pip install gone-dist" in message
     assert "ddkit-core registers a" in message

@@ -19,7 +19,6 @@ from ddkit import hookspecs
 from ddkit.errors import (
     DdkitError,
     IncompatiblePluginError,
-    InputError,
     InputTypeError,
     PluginConflictError,
     UnknownPluginError,
@@ -28,14 +27,14 @@ from ddkit.params import check_params, describe_params
 from ddkit.records import KINDS
 from ddkit.registry import _discovery, _messages
 from ddkit.registry._contract import InvalidPlugin, api_problem, collect_records, first_line
-from ddkit.registry._discovery import ALLOW_ENV, CORE_DISTRIBUTION, Policy, normalize
+from ddkit.registry._discovery import CORE_DISTRIBUTION, Policy, normalize
 from ddkit.registry._entries import Description, Entry, PluginInfo, PluginRow, PluginWarning, RowStatus
 
 __all__ = ["Registry", "pinned_providers"]
 
 #: (kind, name) -> the distribution an unqualified lookup of that name must resolve to.
-_PINS: contextvars.ContextVar[Mapping[tuple[str, str], str]] = contextvars.ContextVar(
-    "ddkit_pins", default={}
+_PINS: contextvars.ContextVar[Mapping[tuple[str, str], str] | None] = contextvars.ContextVar(
+    "ddkit_pins", default=None
 )
 
 
@@ -49,7 +48,7 @@ def pinned_providers(providers: Mapping[tuple[str, str], str]) -> Iterator[None]
     ``distribution:name`` ignore the pins.
     """
     pins = {(kind, name.strip().lower()): dist for (kind, name), dist in providers.items()}
-    token = _PINS.set({**_PINS.get(), **pins})
+    token = _PINS.set({**(_PINS.get() or {}), **pins})
     try:
         yield
     finally:
@@ -231,7 +230,7 @@ class Registry:
             raise InputTypeError(f"a {kind} name must be a string (got {type(name).__name__} {name!r})")
         distribution, _, short = name.strip().lower().rpartition(":")
         candidates = self._entries[kind].get(short, [])
-        pinned = None if distribution else _PINS.get().get((kind, short))
+        pinned = None if distribution else (_PINS.get() or {}).get((kind, short))
         if pinned is not None:
             chosen = [e for e in candidates if normalize(e.plugin.distribution) == normalize(pinned)]
             if not chosen:
@@ -343,7 +342,7 @@ class Registry:
         return rows
 
     def explain_missing(self, kind: str, name: str, distribution: str, version: str | None = None) -> str:
-        """Why ``distribution`` (a saved pipeline's record) provides no ``kind`` ``name`` here, and the fix."""
+        """Why ``distribution`` (as a saved pipeline recorded) provides no ``kind`` ``name`` here; the fix."""
         return _messages.missing_provider(
             kind,
             name,
