@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ddkit import Record, hookimpl
-from ddkit.hookspecs import HOOK_BY_KIND
 
 DDKIT_PLUGIN_API = "1.0"
 
@@ -19,6 +18,7 @@ def ddkit_models() -> list[Record]:
     ]
 
 
+@hookimpl
 def ddkit_autoencoders() -> list[Record]:
     return [
         Record(
@@ -29,9 +29,3 @@ def ddkit_autoencoders() -> list[Record]:
             "arXiv:2112.10752",
         ),
     ]
-
-
-# A ddkit-core without latent pipelines has no autoencoder hook: registering it there would
-# make the whole plugin invalid, so the hook is declared only where core knows it.
-if "autoencoder" in HOOK_BY_KIND:
-    ddkit_autoencoders = hookimpl(ddkit_autoencoders)

@@ -118,7 +118,8 @@ class DiffusersModel(nn.Module):
             self._check(conditioning)
         conditioning[self._input] = x
         out = self.net(timestep=t, return_dict=False, **conditioning)
-        return out[0] if isinstance(out, tuple) else out.sample
+        result: Tensor = out[0] if isinstance(out, tuple) else out.sample
+        return result
 
     def extra_repr(self) -> str:
         return f"class_name={self.class_name!r}"

@@ -30,7 +30,8 @@ def tiny_unet(*, channels: int = 3, sample_size: int = 8, num_class_embeds: int 
     """A UNet2DModel of two resolutions (8 and 16 channels), no attention."""
     from diffusers import UNet2DModel
 
-    return UNet2DModel(
+    build: Any = UNet2DModel  # diffusers' constructors are untyped
+    return build(
         sample_size=sample_size,
         in_channels=channels,
         out_channels=channels,
@@ -47,7 +48,8 @@ def tiny_conditional_unet(*, channels: int = 4, sample_size: int = 8, cross_atte
     """A UNet2DConditionModel with one cross-attention resolution, taking ``[B, L, cross_attention_dim]``."""
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(
+    build: Any = UNet2DConditionModel  # diffusers' constructors are untyped
+    return build(
         sample_size=sample_size,
         in_channels=channels,
         out_channels=channels,
@@ -65,7 +67,8 @@ def tiny_dit(*, channels: int = 4, sample_size: int = 8, num_classes: int = 4) -
     """A class-conditional DiTTransformer2DModel (one block, patch 2), null class ``num_classes``."""
     from diffusers import DiTTransformer2DModel
 
-    return DiTTransformer2DModel(
+    build: Any = DiTTransformer2DModel  # diffusers' constructors are untyped
+    return build(
         num_attention_heads=2,
         attention_head_dim=8,
         in_channels=channels,
@@ -83,7 +86,8 @@ def tiny_autoencoder_kl(
     """An AutoencoderKL halving the resolution (3-channel images, ``latent_channels`` latents)."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(
+    build: Any = AutoencoderKL  # diffusers' constructors are untyped
+    return build(
         in_channels=3,
         out_channels=3,
         latent_channels=latent_channels,

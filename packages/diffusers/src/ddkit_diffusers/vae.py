@@ -8,6 +8,7 @@ itself, as diffusers' pipelines do with the same two numbers from the VAE's conf
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -33,7 +34,7 @@ class DiffusersVAE(nn.Module):
 
     def __init__(self, net: nn.Module, config: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.net = net
+        self.net: Any = net  # diffusers' encode/decode are untyped
         cfg = dict(config if config is not None else getattr(net, "config", {}))
         self.class_name: str = str(cfg.get("_class_name", type(net).__name__))
         for key in ("latents_mean", "latents_std"):
@@ -46,11 +47,26 @@ class DiffusersVAE(nn.Module):
         self.shift_factor: float = float(cfg.get("shift_factor") or 0.0)
         self.latent_channels: int | None = cfg.get("latent_channels")
         self._tiny = self.class_name == "AutoencoderTiny"
+        # AutoencoderKL halves the resolution in each encoder block but the last; the tiny one likewise.
+        blocks = cfg.get("encoder_block_out_channels" if self._tiny else "block_out_channels") or ()
+        self.downsampling: int = 2 ** max(len(blocks) - 1, 0)
+
+    def latent_shape(self, sample_shape: Sequence[int]) -> tuple[int, ...]:
+        """``(C, H, W)`` of one image to ``(latent_channels, H/f, W/f)`` of its latent (f: downsampling)."""
+        shape = tuple(int(d) for d in sample_shape)
+        f = self.downsampling
+        if len(shape) != 3 or shape[1] % f or shape[2] % f or self.latent_channels is None:
+            raise ConfigError(
+                f"the {self.class_name} (downsampling {f}) takes images (C, H, W) with H and W divisible "
+                f"by {f} (got shape {list(shape)})"
+            )
+        return (int(self.latent_channels), shape[1] // f, shape[2] // f)
 
     def encode(self, x: Tensor) -> Tensor:
         """The unscaled latent of images ``x`` in [-1, 1]: the posterior mean (deterministic)."""
         out = self.net.encode(x, return_dict=False)[0]
-        return out if self._tiny else out.mean
+        latent: Tensor = out if self._tiny else out.mean
+        return latent
 
     def decode(self, z: Tensor) -> Tensor:
         """Images in about [-1, 1] from unscaled latents ``z``."""
