@@ -4,6 +4,13 @@ guided = uncond + w·(cond − uncond) on the mean channels of the output; varia
 (learned-variance models) come from the conditional half, as GLIDE does. Options: a scale
 schedule over t (:mod:`ddkit_guidance.scales`), Lin et al. 2023's rescale φ, and Kynkäänniemi
 et al. 2024's limited interval, outside of which the model runs on the conditional half alone.
+
+The unconditional half replaces each conditioning keyword by its null value: ``y`` by the null
+class, any other keyword (``encoder_hidden_states``, ``context``, ...) by a value given as the
+guidance parameter ``uncond`` (alias ``negative``; older name ``null_cond``), at sampling time
+as ``pipe.sample(..., uncond={...})``, or by the model's learned null embedding
+(:mod:`ddkit.conditioning`). Sampling-time values win over the parameter, the parameter over a
+learned embedding.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ddkit.errors import CompositionError, ConfigError
-from ddkit.protocols import ModelFn, ModelSpec, model_spec
+from ddkit.protocols import UNCOND_KEYWORDS, ModelFn, ModelSpec, model_spec
 from ddkit_guidance._checks import check_unit_interval
 from ddkit_guidance.scales import GuidanceScale, ScaleLike
 
@@ -51,6 +58,60 @@ def _interval(value: object) -> tuple[float, float] | None:
     return float(lo), float(hi)
 
 
+def _null_values(name: str, value: object) -> dict[str, Any]:
+    """A mapping of conditioning keyword to null value, with TOML-writable forms read.
+
+    A value may be a tensor (or anything ``torch.as_tensor`` takes: a number fills the
+    conditioning's shape, nested lists give a tensor) or a string: the path of a
+    ``.safetensors`` file holding one tensor, or a tensor stored under the keyword's name.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(
+            f"'{name}' must map conditioning keywords to null values, e.g. "
+            f"{name}={{'encoder_hidden_states': empty_prompt_embedding}} (got {value!r})"
+        )
+    out: dict[str, Any] = {}
+    for key, null in value.items():
+        if key in UNCOND_KEYWORDS:
+            raise ConfigError(f"'{name}' cannot give a null value for {key!r}: it is not a model keyword")
+        if isinstance(null, str):
+            null = _load_null(name, key, null)
+        elif not isinstance(null, Tensor):
+            try:
+                null = torch.as_tensor(null)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise ConfigError(
+                    f"'{name}'[{key!r}] must be a tensor, a number, nested lists or a .safetensors path "
+                    f"(got {type(null).__name__}: {exc})"
+                ) from None
+        out[key] = null
+    return out
+
+
+def _load_null(name: str, key: str, path: str) -> Tensor:
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"'{name}'[{key!r}] names the file {path!r}, which does not exist")
+    try:
+        tensors = load_file(str(file))
+    except Exception as exc:  # not a safetensors file
+        raise ConfigError(f"'{name}'[{key!r}]: {path!r} cannot be read as safetensors ({exc})") from None
+    if key in tensors:
+        return tensors[key]
+    if len(tensors) == 1:
+        return next(iter(tensors.values()))
+    raise ConfigError(
+        f"'{name}'[{key!r}]: {path!r} holds {len(tensors)} tensors ({', '.join(sorted(tensors)[:5])}) "
+        f"and none named {key!r}; store one tensor, or one under that name"
+    )
+
+
 def _null_class(value: object) -> int | None:
     if value is None:
         return None
@@ -64,8 +125,11 @@ class ClassifierFreeGuidance:
 
     ``null_class`` is the label of "no class" used for ``y`` in the unconditional half
     (default: the model's ``spec.null_class``, else its ``num_classes``, the extra row a
-    model trained with condition dropout has). ``null_cond`` gives the null value of other
-    conditioning keys (``{"context": empty_embedding}``), for one sample or the whole batch.
+    model trained with condition dropout has). ``uncond`` (alias ``negative``, older name
+    ``null_cond``) gives the null value of any conditioning keyword, e.g.
+    ``{"encoder_hidden_states": empty_prompt_embedding}``, for one sample, ``(1, ...)`` or the
+    whole batch; in a TOML config a value may be a number, nested lists or a ``.safetensors``
+    path (see the module doc). ``pipe.sample(..., uncond={...})`` overrides it for one call.
     ``scale`` may be a list or a callable of t (see :class:`~ddkit_guidance.GuidanceScale`;
     ``num_timesteps`` is the range of t a list is spread over). ``rescale`` is φ of Lin et
     al. 2023; ``interval = (t_lo, t_hi)`` guides only where t_lo ≤ t ≤ t_hi.
@@ -75,6 +139,8 @@ class ClassifierFreeGuidance:
 
     name = "classifier-free"
     forms: tuple[str, ...] = ("model",)
+    #: Sampling keywords it takes for itself (never passed to the network).
+    consumes: tuple[str, ...] = UNCOND_KEYWORDS
 
     def __init__(
         self,
@@ -82,22 +148,40 @@ class ClassifierFreeGuidance:
         *,
         null_class: int | None = None,
         null_cond: Mapping[str, Any] | None = None,
+        uncond: Mapping[str, Any] | None = None,
+        negative: Mapping[str, Any] | None = None,
         rescale: float = 0.0,
         interval: Sequence[float] | None = None,
         num_timesteps: int = 1000,
     ) -> None:
         self.scale = GuidanceScale(scale, num_timesteps=num_timesteps)
         self.null_class = _null_class(null_class)
-        if null_cond is not None and not isinstance(null_cond, Mapping):
-            raise ConfigError(f"'null_cond' must map conditioning keys to null values (got {null_cond!r})")
-        self.null_cond: dict[str, Any] = dict(null_cond or {})
+        given = [
+            (n, v)
+            for n, v in (("uncond", uncond), ("negative", negative), ("null_cond", null_cond))
+            if v is not None
+        ]
+        if len(given) > 1:
+            raise ConfigError(
+                f"give the null values once: {' and '.join(n for n, _ in given)} are aliases of one "
+                "parameter; keep 'uncond'"
+            )
+        name, value = given[0] if given else ("uncond", None)
+        if value is not None and not isinstance(value, Mapping):
+            raise ConfigError(f"'{name}' must map conditioning keys to null values (got {value!r})")
+        self.null_cond: dict[str, Any] = _null_values(name, value)
         self.rescale = check_unit_interval("rescale", rescale)
         self.interval = _interval(interval)
+
+    @property
+    def uncond(self) -> dict[str, Any]:
+        """The null value of each conditioning keyword given as a parameter (``uncond``/``negative``)."""
+        return self.null_cond
 
     def __repr__(self) -> str:
         return (
             f"ClassifierFreeGuidance(scale={self.scale!r}, null_class={self.null_class!r}, "
-            f"null_cond={sorted(self.null_cond)}, rescale={self.rescale}, interval={self.interval})"
+            f"uncond={sorted(self.null_cond)}, rescale={self.rescale}, interval={self.interval})"
         )
 
     def resolve_null_class(self, spec: ModelSpec) -> int:
@@ -121,20 +205,21 @@ class ClassifierFreeGuidance:
         )
 
     def check(self, spec: ModelSpec, conditioning: Mapping[str, Any]) -> None:
-        """Raise :class:`CompositionError` unless there is a condition to drop and a null value for it."""
-        missing = sorted(set(self.null_cond) - set(conditioning))
-        if missing:
-            raise CompositionError(
-                f"'null_cond' gives null values for {missing}, but the conditioning has only "
-                f"{sorted(conditioning) or 'no keys'}; pass those conditions or drop them from null_cond"
-            )
+        """Raise :class:`CompositionError` unless there is a condition to drop and a null value for it.
+
+        Null values given for keywords the call does not pass are reported at the first model
+        call (a pipeline checks itself before it knows the sampling keywords).
+        """
+        nulls = {**self.null_cond, **_sampling_nulls(conditioning)}
         has_y = conditioning.get("y") is not None
-        if not has_y and not self.null_cond:
+        if not has_y and not nulls:
             raise CompositionError(
                 "classifier-free guidance needs a condition to drop: the conditioning has no 'y' (class "
-                "labels) and 'null_cond' is empty; pass y=labels, or null_cond={'context': <null value>}"
+                "labels) and no unconditional value is given; pass y=labels, or "
+                "uncond={'encoder_hidden_states': <its unconditional value>}"
             )
-        if has_y and "y" not in self.null_cond:
+        # Labels beside explicit null values, for a model without classes, steer another guidance.
+        if has_y and "y" not in nulls and not (nulls and spec.num_classes is None):
             self.resolve_null_class(spec)
 
     def wrap_model(self, model: ModelFn, *, mean_channels: int) -> ModelFn:
@@ -163,6 +248,18 @@ class ClassifierFreeGuidance:
         return (t >= lo) & (t <= hi)
 
 
+def _sampling_nulls(conditioning: Mapping[str, Any]) -> dict[str, Any]:
+    """The null values given at sampling time as ``uncond=`` or ``negative=`` (one of them)."""
+    given = [key for key in UNCOND_KEYWORDS if conditioning.get(key) is not None]
+    if not given:
+        return {}
+    if len(given) > 1:
+        raise CompositionError(
+            f"{' and '.join(given)} are aliases: give the unconditional values once (uncond={{...}})"
+        )
+    return _null_values(given[0], conditioning[given[0]])
+
+
 class _GuidedModel:
     """The wrapped network call; keeps the inner model's spec so later wrappers still see it."""
 
@@ -185,6 +282,16 @@ class _GuidedModel:
     def __call__(self, x: Tensor, t: Tensor, **conditioning: Any) -> Tensor:
         g = self.guidance
         B = x.shape[0]
+        nulls = g.null_cond
+        if any(key in conditioning for key in UNCOND_KEYWORDS):
+            nulls = {**nulls, **_sampling_nulls(conditioning)}
+            conditioning = {k: v for k, v in conditioning.items() if k not in UNCOND_KEYWORDS}
+        missing = sorted(set(nulls) - set(conditioning))
+        if missing:
+            raise CompositionError(
+                f"unconditional values are given for {missing}, but the call passes only "
+                f"{sorted(conditioning) or 'no conditioning'}; pass those keywords or drop their null values"
+            )
         w = g.scale(t)
         if isinstance(w, float) and w == 1.0:
             return self.model(x, t, **conditioning)  # w = 1 is the conditional prediction, exactly
@@ -199,7 +306,7 @@ class _GuidedModel:
                 idx = None
         x_u = x if idx is None else x[idx]
         t_u = t if idx is None else t[idx]
-        cond2 = {key: self._pair(key, value, B, idx, x.device) for key, value in conditioning.items()}
+        cond2 = {key: self._pair(key, value, B, idx, x.device, nulls) for key, value in conditioning.items()}
         out = self.model(torch.cat([x, x_u]), torch.cat([t, t_u]), **cond2)
         out_c, out_u = out[:B], out[B:]
         c = self.mean_channels if self.mean_channels > 0 else x.shape[1]
@@ -214,9 +321,16 @@ class _GuidedModel:
             return mean
         return torch.cat([mean, out_c[:, c:]], dim=1)
 
-    def _pair(self, key: str, value: Any, B: int, idx: Tensor | None, device: torch.device) -> Any:
+    def _pair(
+        self,
+        key: str,
+        value: Any,
+        B: int,
+        idx: Tensor | None,
+        device: torch.device,
+        null_cond: Mapping[str, Any],
+    ) -> Any:
         """The conditioning value for the batch [conditional; unconditional]."""
-        null_cond = self.guidance.null_cond
         if value is None and key not in null_cond:
             return None  # an absent condition stays absent in both halves
         if key == "y" and not isinstance(value, Tensor):
@@ -249,7 +363,9 @@ class _GuidedModel:
         null = torch.as_tensor(null, device=value.device).to(value.dtype)
         result: Tensor
         item = tuple(value.shape[1:])
-        if tuple(null.shape) == item:
+        if null.ndim == 0:
+            result = null.expand(k, *item)
+        elif tuple(null.shape) == item:
             result = null.unsqueeze(0).expand(k, *item)
         elif tuple(null.shape) == (1, *item):
             result = null.expand(k, *item)
@@ -257,7 +373,7 @@ class _GuidedModel:
             result = null if idx is None else null[idx]
         else:
             raise CompositionError(
-                f"null_cond[{key!r}] has shape {tuple(null.shape)}, but {key!r} has shape "
+                f"the unconditional value of {key!r} has shape {tuple(null.shape)}, but {key!r} has shape "
                 f"{tuple(value.shape)}; give the null value for one sample {item} or (1, ...), "
                 f"or for the whole batch {tuple(value.shape)}"
             )

@@ -14,6 +14,7 @@ A config names each part and its keyword arguments::
     [loss]           name = "mse"                                (the default)
     [resampler]      name = "uniform"                            (the default)
     [sample]         shape = [3, 32, 32]                         (default: the model's sample_shape)
+    [autoencoder]    name = "pixel-shuffle", factor = 2          (default: none; a latent pipeline)
     [train], [data]  handed to the trainer as they are
 
 A part may be written as just its name (``sampler = "ddim"``), and any part or parameter
@@ -56,6 +57,7 @@ SECTIONS: tuple[str, ...] = (
     "loss",
     "resampler",
     "sample",
+    "autoencoder",
     "train",
     "data",
 )
@@ -67,6 +69,7 @@ PART_KINDS: dict[str, str] = {
     "sampler": "sampler",
     "guidance": "guidance",
     "resampler": "resampler",
+    "autoencoder": "autoencoder",
 }
 #: The name used for a part the config leaves out (the model has none: it must be given).
 DEFAULTS: dict[str, str] = {
@@ -158,7 +161,7 @@ class ParsedConfig:
     def all_parts(self) -> list[Part]:
         """Every part, in build order (the model last: it is the costliest to build)."""
         first = [self.parts[s] for s in ("schedule", "parameterization", "sampler") if s in self.parts]
-        last = [self.parts[s] for s in ("resampler", "model") if s in self.parts]
+        last = [self.parts[s] for s in ("resampler", "autoencoder", "model") if s in self.parts]
         return [*first, *self.guidance, *last]
 
     def normalized(self) -> dict[str, Any]:
@@ -171,6 +174,8 @@ class ParsedConfig:
         out["resampler"] = self.parts["resampler"].normalized()
         if self.sample:
             out["sample"] = dict(self.sample)
+        if "autoencoder" in self.parts:
+            out["autoencoder"] = self.parts["autoencoder"].normalized()
         if self.train is not None:
             out["train"] = dict(self.train)
         if self.data is not None:
@@ -357,7 +362,7 @@ def parse_config(
                 f"unknown top-level table {key!r}{_close(str(key), SECTIONS)} (tables: {', '.join(SECTIONS)})"
             )
     parts: dict[str, Part] = {}
-    for section in ("schedule", "parameterization", "model", "sampler", "resampler"):
+    for section in ("schedule", "parameterization", "model", "sampler", "resampler", "autoencoder"):
         value = cfg.get(section)
         if section in objects:
             given = objects.pop(section)
@@ -368,6 +373,8 @@ def parse_config(
                 )
             value = given
         if value is None:
+            if section == "autoencoder":
+                continue  # optional: without one the pipeline works in data space
             if section == "model":
                 problems.append(
                     "the config has no [model]: add a [model] table with a 'name' (e.g. name = \"adm-unet\") "

@@ -5,6 +5,7 @@ A saved pipeline is a directory::
     pipeline.toml            every name and parameter, who provided each part, the hashes
     model.safetensors        the trained weights
     ema_<rate>.safetensors   one file per EMA rate (e.g. ema_0.9999.safetensors)
+    autoencoder.safetensors  a latent pipeline's autoencoder weights (if it has any)
 
 Nothing is pickled: weights are safetensors and everything else is TOML. Loading checks,
 before building anything, that every part's plugin is installed (naming the distribution
@@ -34,6 +35,7 @@ __all__ = ["CONFIG_FILE", "FORMAT", "load", "save", "sha256_of"]
 
 CONFIG_FILE = "pipeline.toml"
 MODEL_FILE = "model.safetensors"
+AUTOENCODER_FILE = "autoencoder.safetensors"
 #: The version of the saved layout; a loader refuses a newer one.
 FORMAT = 1
 
@@ -104,6 +106,9 @@ def save(pipe: Pipeline, directory: str | Path) -> Path:
     files = {MODEL_FILE: pipe.model}
     for rate, average in pipe.ema.items():
         files[_ema_file(rate)] = average
+    autoencoder = getattr(pipe, "autoencoder", None)
+    if isinstance(autoencoder, nn.Module) and len(autoencoder.state_dict()):
+        files[AUTOENCODER_FILE] = autoencoder
     weights: dict[str, Any] = {}
     for filename, module in files.items():
         path = out / filename
@@ -240,7 +245,17 @@ def load(directory: str | Path, **objects: Any) -> Pipeline:
     _check_plugins(doc, provenance)
     _verify(root, weights, [MODEL_FILE, *(_ema_file(r) for r in rates)])
     pipe = Pipeline.from_config(doc, **objects)
+    from ddkit.conditioning import attach_saved_null_embeddings
+
+    attach_saved_null_embeddings(pipe.model, root / MODEL_FILE)  # learned null embeddings, if trained
     _read_weights(pipe.model, root / MODEL_FILE)
+    if AUTOENCODER_FILE in weights:
+        if not isinstance(pipe.autoencoder, nn.Module):
+            raise IntegrityError(
+                f"{root} holds {AUTOENCODER_FILE}, but the pipeline built from {CONFIG_FILE} has no "
+                "autoencoder module to load it into; pass autoencoder=<the autoencoder it was saved with>"
+            )
+        _read_weights(pipe.autoencoder, root / AUTOENCODER_FILE)
     for rate in rates:
         average = copy.deepcopy(pipe.model)
         _read_weights(average, root / _ema_file(rate))

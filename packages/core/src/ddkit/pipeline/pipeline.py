@@ -20,7 +20,7 @@ from ddkit.denoiser import Denoiser
 from ddkit.diffusion.parameterization import GaussianParameterization
 from ddkit.diffusion.process import GaussianProcess
 from ddkit.errors import CompositionError, ConfigError, UnknownPluginError
-from ddkit.pipeline import _toml, checks
+from ddkit.pipeline import _toml, checks, latent
 from ddkit.pipeline.config import (
     ParsedConfig,
     Part,
@@ -31,7 +31,16 @@ from ddkit.pipeline.config import (
     registry_factory,
     report,
 )
-from ddkit.protocols import Generator, Guidance, ModelSpec, Sampler, SamplerState, Schedule, model_spec
+from ddkit.protocols import (
+    UNCOND_KEYWORDS,
+    Generator,
+    Guidance,
+    ModelSpec,
+    Sampler,
+    SamplerState,
+    Schedule,
+    model_spec,
+)
 from ddkit.registry import create
 
 __all__ = ["Pipeline"]
@@ -56,6 +65,14 @@ def _build(part: Part) -> Any:
         raise
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{part.label} {exc}") from exc
+
+
+def _autoencoder_title(titles: Mapping[str, Any] | None, autoencoder: Any) -> str | None:
+    """How messages name the autoencoder: its config title, else its type; None without one."""
+    if autoencoder is None:
+        return None
+    title = (titles or {}).get("autoencoder")
+    return str(title) if title else f"autoencoder ({type(autoencoder).__name__})"
 
 
 def _record_attributes(part: Part, obj: Any) -> None:
@@ -86,6 +103,11 @@ class Pipeline:
     chain, no guidance, loss ``mse``, resampler ``uniform``; the sample shape is the model's
     ``spec.sample_shape``.
 
+    With an ``autoencoder`` (config table ``[autoencoder]``, see :class:`~ddkit.Autoencoder`)
+    the pipeline is a latent one: the model, the noise, ``sample_shape`` and :meth:`loss` are
+    in latent space; :meth:`encode` and :meth:`decode` cross over, and :meth:`sample` takes
+    ``init``/``known``/``mask`` in data space and returns decoded samples.
+
     .. versionadded:: 0.1.0
     """
 
@@ -106,8 +128,13 @@ class Pipeline:
         ema: Mapping[str, nn.Module] | None = None,
         use_ema: bool = True,
         process: GaussianProcess | None = None,
+        autoencoder: Any = None,
     ) -> None:
         self.model = model
+        if autoencoder is not None:
+            latent.check_autoencoder(autoencoder, _autoencoder_title(titles, autoencoder))
+            latent.freeze(autoencoder)
+        self.autoencoder: Any = autoencoder
         self.schedule = schedule
         self.process = process if process is not None else GaussianProcess(schedule.betas)
         self.parameterization = parameterization
@@ -126,6 +153,7 @@ class Pipeline:
                 "parameterization", f"parameterization {parameterization.prediction!r}"
             ),
             "sampler": names.get("sampler", f"sampler ({type(sampler).__name__})"),
+            "autoencoder": _autoencoder_title(titles, autoencoder),
             "guidance": list(
                 names.get(
                     "guidance", [f"guidance {getattr(g, 'name', type(g).__name__)!r}" for g in self.guidances]
@@ -187,6 +215,7 @@ class Pipeline:
         sampler = _build(parts["sampler"])
         guidances = [_build(g) for g in parsed.guidance]
         resampler = _build(parts["resampler"])
+        autoencoder = _build(parts["autoencoder"]) if "autoencoder" in parts else None
         model = _build(parts["model"])
         if not isinstance(model, nn.Module):
             raise ConfigError(
@@ -199,6 +228,8 @@ class Pipeline:
             "sampler": parts["sampler"].title,
             "guidance": [g.title for g in parsed.guidance],
         }
+        if autoencoder is not None:
+            titles["autoencoder"] = parts["autoencoder"].title
         shape = parsed.sample.get("shape")
         return cls(
             model=model,
@@ -212,6 +243,7 @@ class Pipeline:
             sample_shape=shape,
             config=parsed.normalized(),
             titles=titles,
+            autoencoder=autoencoder,
         )
 
     def _replace(self, **changes: Any) -> Pipeline:
@@ -231,6 +263,7 @@ class Pipeline:
             "ema": self.ema,
             "use_ema": self.use_ema,
             "process": self.process,
+            "autoencoder": self.autoencoder,
         }
         kwargs.update(changes)
         new = type(self)(**kwargs)
@@ -302,11 +335,39 @@ class Pipeline:
         return torch.device("cpu")
 
     def to(self, device: torch.device | str) -> Pipeline:
-        """Move the model and its EMA averages to ``device`` (in place, as ``nn.Module.to``); returns self."""
+        """Move the model, its EMA averages and the autoencoder to ``device`` (in place); returns self."""
         self.model.to(device)
         for average in self.ema.values():
             average.to(device)
+        if isinstance(self.autoencoder, nn.Module):
+            self.autoencoder.to(device)
         return self
+
+    # -- latent space --------------------------------------------------------------------
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Data to the model's space: the scaled latents of ``x``, or ``x`` itself without an autoencoder."""
+        if self.autoencoder is None:
+            return x
+        return latent.encode_to_latents(self.autoencoder, x.to(self.device))
+
+    def decode(self, z: Tensor) -> Tensor:
+        """The model's space to data: ``z`` decoded by the autoencoder, or ``z`` itself without one."""
+        if self.autoencoder is None:
+            return z
+        return latent.decode_latents(self.autoencoder, z)
+
+    def _inputs(
+        self, x: Tensor, init: Tensor | None, mask: Tensor | None, known: Tensor | None
+    ) -> dict[str, Tensor | None]:
+        """Image-to-image and inpainting inputs, given in data space, in the model's space."""
+        if self.autoencoder is None:
+            return {"init": init, "mask": mask, "known": known}
+        return {
+            "init": self.encode(init) if init is not None else None,
+            "known": self.encode(known) if known is not None else None,
+            "mask": latent.latent_mask(mask, x) if mask is not None else None,
+        }
 
     # -- sampling ------------------------------------------------------------------------
 
@@ -327,6 +388,45 @@ class Pipeline:
         for key, value in cond.items():
             if isinstance(value, Tensor) and key != "y":
                 cond[key] = value.to(self.device)
+        return self._uncond(cond)
+
+    def _uncond(self, cond: dict[str, Any]) -> dict[str, Any]:
+        """Route ``uncond``/``negative`` and the model's learned null embeddings to the guidance taking them.
+
+        A learned null embedding (:mod:`ddkit.conditioning`) is the unconditional value of its
+        keyword unless ``uncond=`` at sampling time, or the guidance's own ``uncond``, gives one.
+        """
+        from ddkit.conditioning import null_embeddings
+
+        consumers = [g for g in self.guidances if set(UNCOND_KEYWORDS) & set(getattr(g, "consumes", ()))]
+        given = [key for key in UNCOND_KEYWORDS if cond.get(key) is not None]
+        for key in UNCOND_KEYWORDS:
+            if cond.get(key) is None:
+                cond.pop(key, None)
+        if given and not consumers:
+            raise CompositionError(
+                f"{given[0]}=... gives unconditional values for classifier-free guidance, but no guidance of "
+                "this pipeline takes it; add [[guidance]] name = \"classifier-free\" (or "
+                "pipe.with_guidance([...])), or drop it"
+            )
+        learned = null_embeddings(self.sampling_model)
+        if not consumers or not learned:
+            return cond
+        for key in given:
+            if not isinstance(cond[key], Mapping):
+                raise CompositionError(
+                    f"{key}=... must map conditioning keywords to their unconditional values, e.g. "
+                    f"{key}={{'encoder_hidden_states': empty_prompt}} (got {type(cond[key]).__name__})"
+                )
+        taken: set[str] = set()
+        for key in given:
+            taken.update(cond[key])
+        for g in consumers:
+            taken.update(getattr(g, "uncond", None) or {})
+        extra = {k: v.detach() for k, v in learned.items() if k not in taken and k in cond}
+        if extra:
+            target = given[0] if given else UNCOND_KEYWORDS[0]
+            cond[target] = {**extra, **dict(cond.get(target) or {})}
         return cond
 
     def denoiser(self, **conditioning: Any) -> Denoiser:
@@ -401,17 +501,25 @@ class Pipeline:
         generator: Generator = None,
         x_T: Tensor | None = None,
         progress: bool = False,
+        init: Tensor | None = None,
+        strength: float | None = None,
+        mask: Tensor | None = None,
+        known: Tensor | None = None,
         **conditioning: Any,
     ) -> Iterator[SamplerState]:
         """Yield the sampler's states from noise to data; the last state's ``x`` is the sample.
 
         Arguments as :meth:`sample`. Gradients are off between the states, except where a
-        guidance turns them on for itself.
+        guidance turns them on for itself. In a latent pipeline the states hold latents
+        (:meth:`decode` turns the last one into data).
         """
         n, x = self._start(n, x_T, generator)
         denoiser = self._denoiser(n, conditioning)
         model = self.sampling_model
-        steps = self.sampler.iterate(denoiser, x, generator=generator, progress=progress)
+        inputs = self._inputs(x, init, mask, known)
+        steps = self.sampler.iterate(
+            denoiser, x, generator=generator, progress=progress, strength=strength, **inputs
+        )
         with self._eval(model):
             while True:
                 with torch.no_grad():
@@ -427,17 +535,34 @@ class Pipeline:
         generator: Generator = None,
         x_T: Tensor | None = None,
         progress: bool = False,
+        decode: bool = True,
+        init: Tensor | None = None,
+        strength: float | None = None,
+        mask: Tensor | None = None,
+        known: Tensor | None = None,
         **conditioning: Any,
     ) -> Tensor:
         """Draw ``n`` samples (shape ``[n, *sample_shape]``) with the pipeline's sampler and guidances.
 
         ``generator`` (one, or one per sample) makes the draw reproducible; ``x_T`` gives the
         starting noise; ``conditioning`` goes to the model (``y``: one label or one per sample).
+        ``init`` + ``strength`` start from an image (image-to-image); ``mask`` (1 = known) +
+        ``known`` inpaint. ``uncond={keyword: value}`` (or ``negative=``) gives classifier-free
+        guidance the unconditional value of any conditioning keyword for this call.
+
+        In a latent pipeline ``x_T`` is latent noise, ``init``, ``known`` and ``mask`` are in
+        data space (a latent element is known only where all its pixels are, see
+        :func:`~ddkit.pipeline.latent.latent_mask`), and the samples are decoded unless
+        ``decode=False``, which returns the latents.
         """
         n, x = self._start(n, x_T, generator)
         denoiser = self._denoiser(n, conditioning)
+        inputs = self._inputs(x, init, mask, known)
         with self._eval(self.sampling_model), torch.no_grad():
-            return self.sampler.sample(denoiser, x, generator=generator, progress=progress)
+            z = self.sampler.sample(
+                denoiser, x, generator=generator, progress=progress, strength=strength, **inputs
+            )
+        return self.decode(z) if decode else z
 
     # -- training loss -------------------------------------------------------------------
 
@@ -457,6 +582,7 @@ class Pipeline:
         ``training_losses``). ``t`` defaults to timesteps drawn uniformly and ``noise`` to
         standard normal noise, both from ``generator`` (or torch's global generator).
         ``model`` replaces the network call (e.g. a DistributedDataParallel wrapper of it).
+        In a latent pipeline ``x0`` are latents: pass ``pipe.encode(x)`` (the Trainer does).
         """
         from ddkit.diffusion.losses import training_losses
 
@@ -509,7 +635,8 @@ class Pipeline:
             f"×{self.process.num_timesteps}, {self._titles['parameterization']} "
             f"(variance={self.parameterization.variance!r}), {self._titles['sampler']}, "
             f"guidance: {guidance}, "
-            f"loss={self.loss_name!r})"
+            + (f"{self._titles['autoencoder']}, " if self.autoencoder is not None else "")
+            + f"loss={self.loss_name!r})"
         )
 
 

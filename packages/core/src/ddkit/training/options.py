@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
+import torch
 
 from ddkit.errors import ConfigError
 from ddkit.training.ema import EMA_WARMUPS
@@ -89,6 +90,33 @@ def _ema_warmup(value: object) -> str:
     return str(value)
 
 
+def _null_cond(value: object) -> dict[str, Any]:
+    """Each conditioning keyword's null value for condition dropout: a tensor, a number or ``"learned"``."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(
+            "'null_cond' must map conditioning keywords to a null value or \"learned\", e.g. "
+            f"{{'encoder_hidden_states': 'learned'}} (got {value!r})"
+        )
+    out: dict[str, Any] = {}
+    for key, null in value.items():
+        if isinstance(null, str):
+            if null != "learned":
+                raise ConfigError(
+                    f"'null_cond'[{key!r}] must be a tensor, a number or \"learned\" (got {null!r})"
+                )
+            out[key] = null
+            continue
+        try:
+            out[key] = torch.as_tensor(null)
+        except (TypeError, ValueError, RuntimeError):
+            raise ConfigError(
+                f"'null_cond'[{key!r}] must be a tensor, a number or \"learned\" (got {type(null).__name__})"
+            ) from None
+    return out
+
+
 def _precision(value: object) -> str:
     aliases: dict[object, object] = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", None: "fp32"}
     value = aliases.get(value, value)
@@ -120,6 +148,7 @@ class TrainOptions:
     ema_power: float = attrs.field(default=2 / 3, validator=_positive_number)
     use_ema: bool = attrs.field(default=True, validator=_bool)
     cond_dropout: float = attrs.field(default=0.0)
+    null_cond: dict[str, Any] = attrs.field(factory=dict, converter=_null_cond)
     precision: str = attrs.field(default="fp32", converter=_precision)
     gradient_checkpointing: bool = attrs.field(default=False, validator=_bool)
     channels_last: bool = attrs.field(default=False, validator=_bool)
@@ -151,3 +180,8 @@ class TrainOptions:
             raise ConfigError("'checkpoint_every' needs 'out_dir': the directory to write checkpoints to")
         if self.resume and self.out_dir is None:
             raise ConfigError("'resume' needs 'out_dir': the directory of the run to continue")
+        if self.null_cond and self.cond_dropout == 0:
+            raise ConfigError(
+                f"'null_cond' gives null values for {sorted(self.null_cond)}, but cond_dropout is 0, so "
+                "nothing is ever dropped; set cond_dropout, e.g. 0.1"
+            )

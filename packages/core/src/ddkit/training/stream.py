@@ -72,10 +72,21 @@ def in_memory(dataset: Dataset[Any]) -> tuple[Tensor, Tensor | None] | None:
     return None
 
 
-def split_item(batch: Any) -> tuple[Tensor, Tensor | None]:
-    """A collated batch as ``(x, y or None)``; anything else is refused with the expected forms."""
+def split_item(batch: Any) -> tuple[Tensor, Any]:
+    """A collated batch as ``(x, y or None)``; anything else is refused with the expected forms.
+
+    An item ``(x, {keyword: tensor, ...})`` carries conditioning keywords for the model
+    (e.g. ``encoder_hidden_states``); ``y`` is then that dict of tensors.
+    """
     if isinstance(batch, Tensor):
         return batch, None
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], Mapping):
+        if not isinstance(batch[0], Tensor) or not all(isinstance(k, str) for k in batch[1]):
+            raise ConfigError(
+                "a dataset item with conditioning must be (x, {keyword: tensor}) with x a tensor and "
+                "string keys"
+            )
+        return batch[0], {k: torch.as_tensor(v) for k, v in batch[1].items()}
     if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], Tensor):
         y = torch.as_tensor(batch[1])
         if y.is_floating_point():
@@ -159,8 +170,11 @@ class BatchStream:
             indices, epoch, position = self._take_global(epoch, position)
             yield self._local(indices).tolist()
 
-    def next(self) -> tuple[Tensor, Tensor | None]:
-        """This rank's part of the next global batch, as ``(x, y or None)``; advances the state."""
+    def next(self) -> tuple[Tensor, Any]:
+        """This rank's part of the next global batch, as ``(x, y or None)``; advances the state.
+
+        ``y`` is a label tensor, or a dict of conditioning tensors (see :func:`split_item`).
+        """
         indices, epoch, position = self._take_global(self.epoch, self.position)
         if self._memory is not None:
             samples, labels = self._memory

@@ -89,7 +89,18 @@ class Trainer:
     samples with the EMA weights unless ``use_ema=False`` (``pipeline.use_ema`` switches back).
 
     ``cond_dropout=p`` replaces each label by the model's null class with probability p
-    (classifier-free guidance). ``precision``: ``fp32``, ``bf16`` (autocast, CPU or GPU) or
+    (classifier-free guidance). Items ``(x, {keyword: tensor})`` pass other conditioning
+    (``encoder_hidden_states``, ...) to the model; ``null_cond={keyword: null}`` drops those
+    too, with the same probability and for the same samples, replacing them by ``null`` (a
+    tensor of one sample's shape, or a number) or, for ``"learned"``, by a learned null
+    embedding: a parameter trained with the model that lives on it as ``model.ddkit_null``
+    (see :mod:`ddkit.conditioning`), so it is averaged by the EMA, checkpointed, saved in
+    ``model.safetensors`` and used by classifier-free guidance when sampling.
+
+    A latent pipeline (one with an autoencoder) trains in latent space: each batch is
+    encoded by the frozen autoencoder (no gradients) before noise is added.
+
+    ``precision``: ``fp32``, ``bf16`` (autocast, CPU or GPU) or
     ``fp16`` (autocast and a gradient scaler; GPU only). ``gradient_checkpointing`` and
     ``channels_last`` are passed to the model.
 
@@ -120,6 +131,7 @@ class Trainer:
         ema_power: float = 2 / 3,
         use_ema: bool = True,
         cond_dropout: float = 0.0,
+        null_cond: Mapping[str, Any] | None = None,
         precision: str = "fp32",
         gradient_checkpointing: bool = False,
         channels_last: bool = False,
@@ -144,6 +156,7 @@ class Trainer:
             ema_power=ema_power,
             use_ema=use_ema,
             cond_dropout=cond_dropout,
+            null_cond=null_cond,
             precision=precision,
             gradient_checkpointing=gradient_checkpointing,
             channels_last=channels_last,
@@ -259,6 +272,8 @@ class Trainer:
                 return False, None
             return True, int(labels.max().item()) if labels.numel() else None
         _, y = split_item(self.dataset[0])
+        if isinstance(y, dict):
+            return "y" in y, None
         return y is not None, None
 
     def _check_data_against_model(self) -> None:
@@ -280,7 +295,9 @@ class Trainer:
                 f"the data has class label {max_label} but the model takes num_classes={spec.num_classes} "
                 f"(labels 0..{spec.num_classes - 1}); build the model with num_classes >= {max_label + 1}"
             )
-        if self.options.cond_dropout > 0:
+        if self.options.null_cond:
+            self._check_null_cond()
+        if self.options.cond_dropout > 0 and (not self.options.null_cond or self._pass_labels):
             if spec.null_class is None:
                 raise ConfigError(
                     f"cond_dropout={self.options.cond_dropout} replaces labels with the model's null class, "
@@ -290,6 +307,36 @@ class Trainer:
                 )
             if not self._pass_labels:
                 raise ConfigError(f"cond_dropout={self.options.cond_dropout} needs class labels in the data")
+
+    def _check_null_cond(self) -> None:
+        """Every keyword to drop is in the data; attach a learned null embedding where asked."""
+        from ddkit.conditioning import attach_null_embeddings
+
+        _, item = split_item(self.dataset[0])
+        keys = set(item) if isinstance(item, dict) else set()
+        missing = sorted(set(self.options.null_cond) - keys)
+        if missing:
+            raise ConfigError(
+                f"'null_cond' drops {missing}, but the data items carry {sorted(keys) or 'no conditioning'}; "
+                "use items (x, {keyword: tensor}) with those keywords"
+            )
+        assert isinstance(item, dict)
+        learned = {k: tuple(item[k].shape) for k, v in self.options.null_cond.items() if isinstance(v, str)}
+        if learned:
+            attach_null_embeddings(self.model, learned)
+
+    def _drop_conditioning(self, cond: dict[str, Tensor], drop: Tensor) -> dict[str, Tensor]:
+        """``cond`` with each keyword of ``null_cond`` replaced by its null value where ``drop``."""
+        from ddkit.conditioning import null_embeddings
+
+        learned = null_embeddings(self.model)
+        out = dict(cond)
+        for key, null in self.options.null_cond.items():
+            value = cond[key]
+            nv = learned[key] if isinstance(null, str) else null.to(device=value.device)
+            where = drop.to(value.device).view(-1, *([1] * (value.ndim - 1)))
+            out[key] = torch.where(where, nv.to(value.dtype), value)
+        return out
 
     def _fresh_ema(self) -> None:
         self.ema: dict[str, nn.Module] = {
@@ -387,8 +434,16 @@ class Trainer:
     def _run_step(self) -> None:
         opts = self.options
         x, y = self.stream.next()
-        t, w, noise, drop = self._draws(tuple(x.shape[1:]))
+        extra: dict[str, Tensor] = {}
+        if isinstance(y, dict):
+            extra = {k: v.to(self.device, non_blocking=True) for k, v in y.items()}
+            y = extra.pop("y", None)
         x = x.to(self.device, non_blocking=True).float()
+        if getattr(self.pipeline, "autoencoder", None) is not None:
+            x = self.pipeline.encode(x)  # latent pipeline: train on the frozen autoencoder's latents
+        t, w, noise, drop = self._draws(tuple(x.shape[1:]))
+        if drop is not None and self.options.null_cond:
+            extra = self._drop_conditioning(extra, drop)
         if opts.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
             noise = noise.contiguous(memory_format=torch.channels_last)
@@ -409,6 +464,7 @@ class Trainer:
         for k in range(accum):
             sl = slice(k * micro, (k + 1) * micro)
             cond = {"y": y[sl]} if y is not None else {}
+            cond.update({key: value[sl] for key, value in extra.items()})
             sync = self._ddp is None or k == accum - 1
             with contextlib.ExitStack() as stack:
                 if not sync and self._ddp is not None:
