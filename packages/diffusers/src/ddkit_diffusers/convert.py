@@ -208,6 +208,12 @@ def sampler_table(cfg: Mapping[str, Any], steps: int | None, problems: list[str]
             table["spacing"] = spacing
     if name == "ddim":
         table["eta"] = 0.0
+    if "lambda_min" in ddkit.describe("sampler", name).parameters:
+        # diffusers walks the whole chain unless DPM-Solver's lambda_min_clipped says otherwise;
+        # ddkit samplers may default to starting lower, so the start is always written down.
+        lam = cfg.get("lambda_min_clipped", -math.inf)
+        finite = isinstance(lam, (int, float)) and not isinstance(lam, bool) and math.isfinite(lam)
+        table["lambda_min"] = float(lam) if finite and name == "dpm-solver++" else None
     if cfg.get("use_karras_sigmas", False):
         if name not in ("euler", "euler-ancestral", "heun", "dpm-solver++"):
             problems.append(f"scheduler 'use_karras_sigmas' has no meaning for ddkit's {name!r} sampler")
@@ -218,9 +224,6 @@ def sampler_table(cfg: Mapping[str, Any], steps: int | None, problems: list[str]
             problems.append(f"scheduler 'solver_order' must be 2 or 3 for dpm-solver++ (got {order!r})")
         table["order"] = order
         table["lower_order_final"] = bool(cfg.get("lower_order_final", True))
-        lam = cfg.get("lambda_min_clipped", -math.inf)
-        if isinstance(lam, (int, float)) and math.isfinite(lam):
-            table["lambda_min"] = float(lam)
         final = cfg.get("final_sigmas_type", "zero")
         if final not in ("zero", "sigma_min"):
             problems.append(f"scheduler 'final_sigmas_type' {final!r} is not zero or sigma_min")
