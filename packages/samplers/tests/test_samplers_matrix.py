@@ -11,6 +11,7 @@ from sampler_toys import Elementwise, T, cosine_betas, linear_betas, make_denois
 
 import ddkit
 from ddkit import CompositionError, Sampler, SamplerState
+from ddkit.sampling import DEFAULT_LAMBDA_MIN, last_timestep_above
 from ddkit_samplers import DDIM, DDPM, PLMS, DPMSolverPP, Euler, EulerAncestral, Heun
 
 NAMES = ("ddpm", "ddim", "plms", "dpm-solver++", "euler", "heun", "euler-ancestral")
@@ -83,9 +84,14 @@ def test_every_sampler_runs_every_parameterization_on_every_shape(
 @pytest.mark.parametrize("name", ["ddpm", "ddim", "plms"])
 def test_previous_x_runs_over_the_full_chain(name: str) -> None:
     d = make_denoiser("previous-x", "fixed-small")
-    sampler = ddkit.create("sampler", name, steps=T)
-    out = sampler.sample(d, torch.randn(2, 3, 4, 4))
-    assert torch.isfinite(out).all()
+    # The whole chain, and the chain below lambda_min (consecutive training steps from t = 0).
+    usable = last_timestep_above(d.process.alphas_cumprod, DEFAULT_LAMBDA_MIN)
+    assert usable < T
+    for steps, lambda_min in ((T, None), (usable, DEFAULT_LAMBDA_MIN)):
+        sampler = ddkit.create("sampler", name, steps=steps, lambda_min=lambda_min)
+        states = list(sampler.iterate(d, torch.randn(2, 3, 4, 4)))
+        assert len(states) == steps
+        assert torch.isfinite(states[-1].x).all()
 
 
 @pytest.mark.parametrize("name", ["ddpm", "ddim", "plms"])
@@ -149,8 +155,12 @@ def test_nfe_counts(name: str, steps: int) -> None:
 
 def test_default_steps() -> None:
     d = make_denoiser()
-    assert len(list(ddkit.create("sampler", "ddpm").iterate(d, torch.randn(2, 2)))) == T
-    assert len(list(ddkit.create("sampler", "ddim").iterate(d, torch.randn(2, 2)))) == T
+    # Every training step from t = 0 up to the last with λ ≥ lambda_min (the whole chain with None).
+    usable = last_timestep_above(d.process.alphas_cumprod, DEFAULT_LAMBDA_MIN)
+    for name in ("ddpm", "ddim"):
+        assert len(list(ddkit.create("sampler", name).iterate(d, torch.randn(2, 2)))) == usable
+        whole = ddkit.create("sampler", name, lambda_min=None)
+        assert len(list(whole.iterate(d, torch.randn(2, 2)))) == T
     big = make_denoiser(betas=cosine_betas(1000))
     assert len(list(ddkit.create("sampler", "dpm-solver++").iterate(big, torch.randn(2, 2)))) == 20
     assert len(list(ddkit.create("sampler", "euler").iterate(big, torch.randn(2, 2)))) == 50
@@ -162,15 +172,22 @@ def test_ddpm_uses_guided_diffusion_section_spacing_and_ddim_its_ddim_stride() -
     big = make_denoiser(betas=cosine_betas(1000))
     model = big.model
     assert isinstance(model, Elementwise)
-    ddkit.create("sampler", "ddpm", steps=7).sample(big, torch.randn(1, 2))
+    # guided-diffusion's spacings over the whole chain: lambda_min=None.
+    ddkit.create("sampler", "ddpm", steps=7, lambda_min=None).sample(big, torch.randn(1, 2))
     fed = [int(t[0]) for _, t in model.calls]
     assert fed == sorted(space_timesteps(1000, "7"), reverse=True)
     model.calls.clear()
-    ddkit.create("sampler", "ddim", steps=8).sample(big, torch.randn(1, 2))
+    ddkit.create("sampler", "ddim", steps=8, lambda_min=None).sample(big, torch.randn(1, 2))
     assert [int(t[0]) for _, t in model.calls] == sorted(space_timesteps(1000, "ddim8"), reverse=True)
     model.calls.clear()
+    # By default the same spacings over the steps with λ ≥ −5.1 (cosine's last few are dropped).
+    usable = last_timestep_above(big.process.alphas_cumprod, DEFAULT_LAMBDA_MIN)
+    assert 990 < usable < 1000
+    ddkit.create("sampler", "ddpm", steps=7).sample(big, torch.randn(1, 2))
+    assert [int(t[0]) for _, t in model.calls] == sorted(space_timesteps(usable, "7"), reverse=True)
+    model.calls.clear()
     # No integer stride gives 600 of 1000 steps: the default falls back to stride ⌊T/N⌋ from 0.
-    ddkit.create("sampler", "ddim", steps=600).sample(big, torch.randn(1, 2))
+    ddkit.create("sampler", "ddim", steps=600, lambda_min=None).sample(big, torch.randn(1, 2))
     assert [int(t[0]) for _, t in model.calls] == list(range(599, -1, -1))
     model.calls.clear()
     ddkit.create("sampler", "plms", steps=49).sample(big, torch.randn(1, 2))
@@ -199,7 +216,9 @@ def test_continuous_samplers_feed_fractional_timesteps_with_karras_spacing() -> 
     big = make_denoiser(betas=cosine_betas(1000))
     model = big.model
     assert isinstance(model, Elementwise)
-    ddkit.create("sampler", "euler", steps=8, spacing="karras").sample(big, torch.randn(1, 2))
+    ddkit.create("sampler", "euler", steps=8, spacing="karras", lambda_min=None).sample(
+        big, torch.randn(1, 2)
+    )
     ts = [float(t[0]) for _, t in model.calls]
     assert any(not v.is_integer() for v in ts)
     assert ts[0] == pytest.approx(999.0)
@@ -290,17 +309,22 @@ def test_zero_terminal_snr_runs_v_models_and_refuses_epsilon_at_alpha_bar_zero()
         if name == "plms":
             continue
         steps = T - 1 if name == "dpm-solver++" else T
-        out = ddkit.create("sampler", name, steps=steps).sample(
-            v, torch.randn(2, 3), generator=torch.Generator()
-        )
-        assert torch.isfinite(out).all(), name
+        # From ᾱ = 0 itself (the whole chain), and from the default start λ = −5.1.
+        for sampler in (
+            ddkit.create("sampler", name, steps=steps, lambda_min=None),
+            ddkit.create("sampler", name),
+        ):
+            out = sampler.sample(v, torch.randn(2, 3), generator=torch.Generator())
+            assert torch.isfinite(out).all(), name
     inversion = ddkit.create("sampler", "ddim").invert(v, torch.randn(2, 3))
     assert torch.isfinite(inversion).all()
     eps = make_denoiser("epsilon", betas=betas)
+    # Refused only where the walk starts at ᾱ = 0: the whole chain; the default starts below.
     with pytest.raises(CompositionError, match=r"ᾱ = 0.*epsilon model"):
-        ddkit.create("sampler", "ddpm").check(eps)
+        ddkit.create("sampler", "ddpm", lambda_min=None).check(eps)
+    ddkit.create("sampler", "ddpm").check(eps)
     with pytest.raises(CompositionError, match="which steps on ε"):
-        ddkit.create("sampler", "plms", steps=T).check(v)
+        ddkit.create("sampler", "plms", steps=T, lambda_min=None).check(v)
     # A stride that starts below the last step is fine for both.
     assert torch.isfinite(ddkit.create("sampler", "plms", steps=10).sample(v, torch.randn(2, 3))).all()
     assert torch.isfinite(ddkit.create("sampler", "ddim", steps=10).sample(eps, torch.randn(2, 3))).all()
@@ -314,5 +338,5 @@ def test_lambda_min_starts_below_the_pure_noise_tail(name: str) -> None:
     assert 0.5 * math.log(ab / (1 - ab)) >= -4.4 - 1e-9
     assert plan.extra[0] < 100  # EDM's σ_max = 80 is λ = −4.38
     assert plan.timesteps[0] < 992
-    full = ddkit.create("sampler", name, steps=6, spacing="karras")._plan(big)
+    full = ddkit.create("sampler", name, steps=6, spacing="karras", lambda_min=None)._plan(big)
     assert full.extra[0] > 1e4  # cosine's σ_max

@@ -157,7 +157,9 @@ def test_a_third_party_sampler_gets_the_shared_powers() -> None:
     assert len(seen) == 4
     assert sampler.last_nfe == 4
     assert torch.equal(out[:, 0], known[:, 0])
-    assert [s.t for s in seen] == [99.0, 66.0, 33.0, 0.0]
+    # lambda_min (default −5.1) applies: the cosine chain's last step (λ = −7.7) is not visited.
+    assert [s.t for s in seen] == [98.0, 65.0, 33.0, 0.0]
+    assert HalfStep(lambda_min=None)._plan(d).timesteps == [99.0, 66.0, 33.0, 0.0]
     states = list(sampler.iterate(d, torch.randn(2, 3), init=torch.ones(2, 3), strength=0.5))
     assert len(states) == 2
     with pytest.raises(ValueError, match="'steps' must be a positive int \\(got -1\\)"):

@@ -35,6 +35,7 @@ from ddkit.registry import PLUGIN_API_VERSION, create, describe, names
 
 if TYPE_CHECKING:
     from ddkit.pipeline import Pipeline
+    from ddkit.sampling import SamplingWarning
     from ddkit.training import Trainer
 
 __version__ = "0.1.0"
@@ -57,6 +58,7 @@ __all__ = [
     "Record",
     "Sampler",
     "SamplerState",
+    "SamplingWarning",
     "Schedule",
     "TimestepResampler",
     "Trainer",
@@ -68,7 +70,7 @@ __all__ = [
     "names",
 ]
 
-_LAZY = {"Pipeline": "ddkit.pipeline", "Trainer": "ddkit.training"}
+_LAZY = {"Pipeline": "ddkit.pipeline", "SamplingWarning": "ddkit.sampling", "Trainer": "ddkit.training"}
 
 
 def __getattr__(name: str) -> Any:

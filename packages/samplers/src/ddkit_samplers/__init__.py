@@ -1,4 +1,4 @@
-"""ddkit-samplers: DDPM, DDIM (with inversion), PLMS, DPM-Solver++, Euler, Heun and Euler-ancestral.
+"""ddkit-samplers: DDPM, DDIM (with inversion), PLMS, iPNDM, DEIS, DPM-Solver++, Euler, Heun, Euler-ancestral.
 
 Each sampler is a :class:`ddkit.sampling.SamplerBase`: built by ``ddkit.create("sampler", name,
 **params)``, it walks a :class:`ddkit.denoiser.Denoiser` from noise to data and yields a
@@ -14,16 +14,20 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ddkit_samplers.ddim import DDIM
     from ddkit_samplers.ddpm import DDPM
+    from ddkit_samplers.deis import DEIS
     from ddkit_samplers.dpm_solver import DPMSolverPP
+    from ddkit_samplers.ipndm import IPNDM
     from ddkit_samplers.karras import Euler, EulerAncestral, Heun
     from ddkit_samplers.plms import PLMS
 
-__all__ = ["DDIM", "DDPM", "PLMS", "DPMSolverPP", "Euler", "EulerAncestral", "Heun"]
+__all__ = ["DDIM", "DDPM", "DEIS", "IPNDM", "PLMS", "DPMSolverPP", "Euler", "EulerAncestral", "Heun"]
 __version__ = "0.1.0"
 
 _WHERE = {
     "DDIM": "ddim",
     "DDPM": "ddpm",
+    "DEIS": "deis",
+    "IPNDM": "ipndm",
     "PLMS": "plms",
     "DPMSolverPP": "dpm_solver",
     "Euler": "karras",

@@ -31,8 +31,20 @@ def ddkit_samplers() -> list[Record]:
         Record(
             "dpm-solver++",
             "ddkit_samplers.dpm_solver:DPMSolverPP",
-            "Multistep DPM-Solver++ (order 2 or 3), data prediction.",
+            "Multistep DPM-Solver++ (order 2 or 3), data prediction; sde=True for the 2M/3M SDE variant.",
             paper="Lu et al. 2022, arXiv:2211.01095",
+        ),
+        Record(
+            "ipndm",
+            "ddkit_samplers.ipndm:IPNDM",
+            "Improved PNDM: Adams-Bashforth on the noise prediction, orders 1-4, lower-order warm start.",
+            paper="Zhang & Chen 2023, arXiv:2204.13902 (App. B)",
+        ),
+        Record(
+            "deis",
+            "ddkit_samplers.deis:DEIS",
+            "DEIS multistep exponential integrator: polynomial extrapolation of eps, orders 1-3.",
+            paper="Zhang & Chen 2022, arXiv:2204.13902",
         ),
         Record(
             "euler",
@@ -51,5 +63,11 @@ def ddkit_samplers() -> list[Record]:
             "ddkit_samplers.karras:EulerAncestral",
             "Euler steps plus fresh noise (k-diffusion's ancestral sampler).",
             paper="Karras et al. 2022, arXiv:2206.00364",
+        ),
+        Record(
+            "flow-sde",
+            "ddkit_samplers.flow_sde:FlowSDE",
+            "Flow-GRPO's SDE for flow models: the flow ODE's marginals, Gaussian steps with log-probabilities.",
+            paper="Liu et al. 2025, Flow-GRPO, arXiv:2505.05470",
         ),
     ]

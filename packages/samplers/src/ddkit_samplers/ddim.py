@@ -11,7 +11,7 @@ from torch import Tensor
 from ddkit.denoiser import Denoiser
 from ddkit.errors import CompositionError
 from ddkit.protocols import SamplerState
-from ddkit.sampling import Plan, Run, SamplerBase, Spacing, gaussian_log_prob, real
+from ddkit.sampling import DEFAULT_LAMBDA_MIN, Plan, Run, SamplerBase, Spacing, gaussian_log_prob, real
 
 __all__ = ["DDIM"]
 
@@ -53,6 +53,7 @@ class DDIM(SamplerBase):
         dynamic_threshold: float | None = None,
         denoised_fn: Callable[[Tensor], Tensor] | None = None,
         return_log_prob: bool = False,
+        lambda_min: float | None = DEFAULT_LAMBDA_MIN,
     ) -> None:
         super().__init__(
             steps=steps,
@@ -61,6 +62,7 @@ class DDIM(SamplerBase):
             dynamic_threshold=dynamic_threshold,
             denoised_fn=denoised_fn,
             return_log_prob=return_log_prob,
+            lambda_min=lambda_min,
         )
         self.eta = real("eta", eta, low=0.0)
         self.stochastic = self.eta > 0.0

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ddkit.denoiser import Denoiser
 from ddkit.protocols import SamplerState
-from ddkit.sampling import Plan, Run, SamplerBase, Spacing, gaussian_log_prob
+from ddkit.sampling import DEFAULT_LAMBDA_MIN, Plan, Run, SamplerBase, Spacing, gaussian_log_prob
 
 __all__ = ["DDPM"]
 
@@ -38,6 +38,7 @@ class DDPM(SamplerBase):
         dynamic_threshold: float | None = None,
         denoised_fn: Callable[[Tensor], Tensor] | None = None,
         return_log_prob: bool = False,
+        lambda_min: float | None = DEFAULT_LAMBDA_MIN,
     ) -> None:
         super().__init__(
             steps=steps,
@@ -46,6 +47,7 @@ class DDPM(SamplerBase):
             dynamic_threshold=dynamic_threshold,
             denoised_fn=denoised_fn,
             return_log_prob=return_log_prob,
+            lambda_min=lambda_min,
         )
 
     def _plan(self, denoiser: Denoiser) -> Plan:

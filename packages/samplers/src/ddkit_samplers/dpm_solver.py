@@ -1,12 +1,16 @@
-"""Multistep DPM-Solver++ (Lu et al. 2022, arXiv:2211.01095, Alg. 2), data-prediction form.
+"""Multistep DPM-Solver++ (Lu et al. 2022, arXiv:2211.01095, Alg. 2) and its SDE variant (data prediction).
 
 With α = 1/sqrt(1 + σ²), s = σ·α (the chain's signal and noise scales) and λ = log(α/s),
-one step from λ_i to λ_{i+1} (h = λ_{i+1} − λ_i) is
+one ODE step from λ_i to λ_{i+1} (h = λ_{i+1} − λ_i) is
 
     x_{i+1} = (s_{i+1}/s_i)·x_i + α_{i+1}(1 − e^{−h})·(D_0 + ½·D_1)         (order 2, midpoint)
 
 with D_0 = x̂_0 now and D_1 = (x̂_0 now − x̂_0 before)/r, r = h_prev/h: diffusers'
 ``DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_type="midpoint")``.
+The SDE variant (Lu et al. 2022 §5; Gonzalez et al. 2023, SEEDS) integrates the reverse SDE
+exactly in its linear part: x_{i+1} = (s_{i+1}/s_i)e^{−h}·x_i + α_{i+1}(1 − e^{−2h})·(D_0 + ½·D_1)
++ s_{i+1}·sqrt(1 − e^{−2h})·z, diffusers' ``algorithm_type="sde-dpmsolver++"`` (2M and 3M).
+Every coefficient is finite at ᾱ = 0 (s_i = 1, α_i = 0), so a v or x_0 model may start there.
 """
 
 from __future__ import annotations
@@ -22,36 +26,72 @@ from torch import Tensor
 
 from ddkit.denoiser import Denoiser
 from ddkit.protocols import SamplerState
-from ddkit.sampling import Plan, Run, SamplerBase, Spacing, last_timestep_above, real, sigmas_of
+from ddkit.sampling import (
+    DEFAULT_LAMBDA_MIN,
+    Plan,
+    Run,
+    SamplerBase,
+    Spacing,
+    gaussian_log_prob,
+    sigmas_of,
+)
 
 __all__ = ["DPMSolverPP"]
 
 
-#: Spacings laid as a grid of steps + 1 points whose t = 0 end is replaced by σ = 0 (diffusers' way).
-_GRID = ("linspace", "leading", "logsnr")
+#: Spacings laid as a grid of steps + 1 points whose t = 0 end is replaced by the final σ (diffusers' way).
+GRID_SPACINGS = ("linspace", "leading", "logsnr", "karras")
+
+
+def sigma_plan(sampler: SamplerBase, denoiser: Denoiser, final_sigma: str) -> Plan:
+    """The σ plan of a multistep solver whose last step lands on ``final_sigma`` ("zero" or "min").
+
+    Shared by DPM-Solver++, DEIS and iPNDM: named grids get steps + 1 points with the t = 0 end
+    replaced by the final σ, so NFE = steps; every step must lower σ.
+    """
+    ac = denoiser.process.alphas_cumprod
+    spacing = sampler._resolved_spacing()
+    final = 0.0 if final_sigma == "zero" else float(sigmas_of(ac)[0])
+    drop = isinstance(spacing, str) and spacing in GRID_SPACINGS
+    total = sampler._usable_steps(ac, spacing)
+    steps = sampler._resolved_steps()
+    if drop and spacing in ("linspace", "leading") and steps is not None and steps + 1 > total:
+        raise ValueError(
+            f"{sampler.name} with spacing {spacing!r} lays steps + 1 grid points on the {total} usable "
+            f"timesteps (its last step lands on σ = {final:g}), so it takes at most {total - 1} steps "
+            f"(got {steps})"
+        )
+    plan = sampler._sigma_plan(denoiser, drop_last=drop, final=final)
+    sig = plan.extra
+    if any(b >= a for a, b in itertools.pairwise(sig)):
+        raise ValueError(
+            f"spacing {spacing!r} gives repeated noise levels for {plan.steps} steps of a "
+            f"{denoiser.process.num_timesteps}-step chain (each step must lower σ); ask for fewer steps, "
+            "another spacing or final_sigma='zero'"
+        )
+    return plan
 
 
 class DPMSolverPP(SamplerBase):
-    """DPM-Solver++(2M)/(3M): multistep exponential integrator of the data-prediction ODE.
+    """DPM-Solver++(2M)/(3M), with ``sde=True`` SDE-DPM-Solver++(2M)/(3M): multistep exponential integrators.
 
     ``order`` 2 or 3; the first steps use lower orders until enough history exists, and with
     ``lower_order_final`` (and fewer than 15 steps) the last steps do too, which keeps small
     step counts stable. The last step lands on σ = 0 (``final_sigma="zero"``) or on the
-    chain's smallest σ (``"min"``). ``lambda_min`` (half log-SNR, e.g. −5.1) starts the
-    schedule at the last timestep with λ ≥ ``lambda_min`` (diffusers' ``lambda_min_clipped``).
+    chain's smallest σ (``"min"``). ``sde=True`` adds fresh noise each step (the reverse SDE
+    solved with the same data-prediction extrapolation; ``return_log_prob`` reports each
+    step's Gaussian log density). NFE = steps.
 
-    The default spacing is ``"leading"``: a time-uniform grid of steps + 1 points from t = 0
-    to ⌊T/(steps + 1)⌋·steps, its t = 0 end replaced by σ = 0; so the first step starts below
-    the last timestep. On a schedule ending near ᾱ = 0 (guided-diffusion's cosine: ᾱ_T ≈ 2e-9,
-    λ_T ≈ −9.9) the data prediction there is ill-conditioned, x̂_0 = (x − s·ε̂)/α amplifying
-    any ε error by 1/α ≈ 2·10⁴, and a grid starting at T (``"linspace"``, diffusers' default,
-    or ``"trailing"``) carries that error into x with weight α ≈ 0.15 one step later and blows
-    up (sliced Wasserstein 6 vs 0.07 for DDPM-1000 on a 2-D toy at 10 steps). Starting lower
-    costs only the tiny signal left there (x_T stands for x_t with sqrt(ᾱ_t) ≈ 0.15 at
-    t = 0.9 T on cosine, 0.02 on linear); ``lambda_min`` is the finer knob, and
-    ``spacing="linspace"`` reproduces diffusers exactly. NFE = steps.
+    Defaults: 20 steps on a time-uniform grid of steps + 1 points ending at σ = 0
+    (``"leading"``), starting at ``lambda_min`` = −5.1. On a schedule ending near ᾱ = 0
+    (guided-diffusion's cosine: ᾱ_T ≈ 2e-9, λ_T ≈ −9.9) an ε-model's data prediction there
+    amplifies any ε error by 1/sqrt(ᾱ) ≈ 2·10⁴ and a grid starting at T blows up (sliced
+    Wasserstein 6 against 0.07 for DDPM-1000 on a 2-D toy at 10 steps); the start λ = −5.1
+    costs only the tiny signal left there. ``spacing="linspace", lambda_min=None`` is
+    diffusers' default grid exactly.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 ``sde``; ``lambda_min`` defaults to −5.1.
     """
 
     name = "dpm-solver++"
@@ -66,12 +106,14 @@ class DPMSolverPP(SamplerBase):
         steps: int | None = None,
         spacing: Spacing | None = None,
         order: Literal[2, 3] = 2,
+        sde: bool = False,
         lower_order_final: bool = True,
-        lambda_min: float | None = None,
+        lambda_min: float | None = DEFAULT_LAMBDA_MIN,
         final_sigma: Literal["zero", "min"] = "zero",
         clip_denoised: bool | None = None,
         dynamic_threshold: float | None = None,
         denoised_fn: Callable[[Tensor], Tensor] | None = None,
+        return_log_prob: bool = False,
     ) -> None:
         super().__init__(
             steps=steps,
@@ -79,53 +121,36 @@ class DPMSolverPP(SamplerBase):
             clip_denoised=clip_denoised,
             dynamic_threshold=dynamic_threshold,
             denoised_fn=denoised_fn,
+            return_log_prob=return_log_prob,
+            lambda_min=lambda_min,
         )
         if isinstance(order, bool) or order not in (2, 3):
             raise ValueError(f"'order' must be 2 or 3 (got {order!r})")
         self.order = int(order)
-        if not isinstance(lower_order_final, bool):
-            raise TypeError(f"'lower_order_final' must be a bool (got {lower_order_final!r})")
+        for key, flag in (("sde", sde), ("lower_order_final", lower_order_final)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{key!r} must be a bool (got {flag!r})")
+        self.sde = sde
+        self.stochastic = sde
         self.lower_order_final = lower_order_final
-        self.lambda_min = None if lambda_min is None else real("lambda_min", lambda_min)
         if final_sigma not in ("zero", "min"):
             raise ValueError(f"'final_sigma' must be 'zero' or 'min' (got {final_sigma!r})")
         self.final_sigma = final_sigma
 
     def _plan(self, denoiser: Denoiser) -> Plan:
-        ac = denoiser.process.alphas_cumprod
-        last = None if self.lambda_min is None else last_timestep_above(ac, self.lambda_min)
-        spacing = self._resolved_spacing()
-        final = 0.0 if self.final_sigma == "zero" else float(sigmas_of(ac)[0])
-        drop = isinstance(spacing, str) and spacing in _GRID
-        total = denoiser.process.num_timesteps if last is None else last
-        steps = self._resolved_steps()
-        if drop and spacing != "logsnr" and steps is not None and steps + 1 > total:
-            raise ValueError(
-                f"dpm-solver++ with spacing {spacing!r} lays steps + 1 grid points on the {total} usable "
-                f"timesteps (its last step lands on σ = 0), so it takes at most {total - 1} steps "
-                f"(got {steps})"
-            )
-        plan = self._sigma_plan(denoiser, drop_last=drop, last_timestep=last, final=final)
-        sig = plan.extra
-        if any(b >= a for a, b in itertools.pairwise(sig)):
-            raise ValueError(
-                f"spacing {spacing!r} gives repeated noise levels for {plan.steps} steps of a "
-                f"{denoiser.process.num_timesteps}-step chain (each step must lower σ); ask for fewer steps "
-                "or another spacing"
-            )
-        return plan
+        return sigma_plan(self, denoiser, self.final_sigma)
 
-    def _coefficients(self, sig: list[float], start: int) -> list[tuple[float, tuple[float, ...]]]:
-        """Per step: the weight of x and of the x̂_0 history (newest first), all Python floats."""
+    def _coefficients(self, sig: list[float], start: int) -> list[tuple[float, tuple[float, ...], float]]:
+        """Per step: the weight of x, of the x̂_0 history (newest first) and of the fresh noise."""
         n = len(sig) - 1
         alpha = [1.0 / math.sqrt(1.0 + s * s) for s in sig]
         lam = [-math.log(s) if s > 0 else math.inf for s in sig]
         few = self.lower_order_final and n < 15
-        out: list[tuple[float, tuple[float, ...]]] = []
+        out: list[tuple[float, tuple[float, ...], float]] = []
         for k in range(start, n):
             known = k - start  # x̂_0's of this run before step k
             if sig[k + 1] == 0.0:
-                out.append((0.0, (1.0,)))  # λ = ∞: the step lands on x̂_0 itself
+                out.append((0.0, (1.0,), 0.0))  # λ = ∞: the step lands on x̂_0 itself
                 continue
             order = self.order
             if known < 1 or (k == n - 1 and few):
@@ -133,26 +158,38 @@ class DPMSolverPP(SamplerBase):
             elif known < 2 or (k == n - 2 and few):
                 order = min(order, 2)
             h = lam[k + 1] - lam[k]
-            ratio = (sig[k + 1] * alpha[k + 1]) / (sig[k] * alpha[k])
-            a = alpha[k + 1] * -math.expm1(-h)  # α_{i+1}(1 − e^{−h})
+            ratio = (sig[k + 1] * alpha[k + 1]) / (sig[k] * alpha[k])  # s_{i+1}/s_i
+            noise = 0.0
+            if self.sde:
+                # x' = ratio·e^{−h}·x + α'(1 − e^{−2h})·(D0 + ...) + s'·sqrt(1 − e^{−2h})·z
+                ratio *= math.exp(-h)
+                one_m = -math.expm1(-2.0 * h)
+                a = alpha[k + 1] * one_m
+                b = alpha[k + 1] * (one_m / (-2.0 * h) + 1.0)
+                c = alpha[k + 1] * ((one_m - 2.0 * h) / (4.0 * h * h) - 0.5)
+                half = 0.5 * a
+                noise = sig[k + 1] * alpha[k + 1] * math.sqrt(one_m)
+            else:
+                a = alpha[k + 1] * -math.expm1(-h)  # α_{i+1}(1 − e^{−h})
+                b = alpha[k + 1] * (math.expm1(-h) / h + 1.0)
+                c = -alpha[k + 1] * ((math.expm1(-h) + h) / (h * h) - 0.5)
+                half = 0.5 * a
             if order == 1:
-                out.append((ratio, (a,)))
+                out.append((ratio, (a,), noise))
                 continue
             r0 = (lam[k] - lam[k - 1]) / h
             if order == 2:
-                out.append((ratio, (a * (1.0 + 0.5 / r0), -a * 0.5 / r0)))
+                out.append((ratio, (a + half / r0, -half / r0), noise))
                 continue
             r1 = (lam[k - 1] - lam[k - 2]) / h
-            b = alpha[k + 1] * (math.expm1(-h) / h + 1.0)
-            c = alpha[k + 1] * ((math.expm1(-h) + h) / (h * h) - 0.5)
             # D1_0 = (m0 − m1)/r0, D1_1 = (m1 − m2)/r1, D1 = D1_0 + r0/(r0+r1)·(D1_0 − D1_1),
-            # D2 = (D1_0 − D1_1)/(r0+r1); x' = ratio·x + a·m0 + b·D1 − c·D2, collected per m.
+            # D2 = (D1_0 − D1_1)/(r0+r1); x' = ratio·x + a·m0 + b·D1 + c·D2, collected per m.
             d10 = np.array([1.0, -1.0, 0.0]) / r0
             d11 = np.array([0.0, 1.0, -1.0]) / r1
             d1 = d10 + r0 / (r0 + r1) * (d10 - d11)
             d2 = (d10 - d11) / (r0 + r1)
-            w = a * np.array([1.0, 0.0, 0.0]) + b * d1 - c * d2
-            out.append((ratio, tuple(float(v) for v in w)))
+            w = a * np.array([1.0, 0.0, 0.0]) + b * d1 + c * d2
+            out.append((ratio, tuple(float(v) for v in w), noise))
         return out
 
     def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
@@ -164,15 +201,24 @@ class DPMSolverPP(SamplerBase):
             s = sig[k]
             t = plan.timesteps[k]
             pred = d(x, int(t) if t.is_integer() else t, alpha_bar=1.0 / (1.0 + s * s))
-            history.insert(0, pred.x0)
-            del history[3:]
-            ratio, weights = coefs[k - start]
+            ratio, weights, noise_std = coefs[k - start]
+            log_prob = None
             if ratio == 0.0 and weights == (1.0,):
                 x_new = pred.x0.clone()
+            elif len(weights) == 1:
+                x_new = pred.blend_x0(ratio, x, weights[0])
             else:
                 x_new = torch.mul(x, ratio)
-                for w, m in zip(weights, history):
+                for w, m in zip(weights, (pred.x0, *history)):
                     x_new.add_(m, alpha=w)
-            state = SamplerState(step=k - start, t=t, x=x_new, x0=pred, nfe=d.nfe)
+            if self.order > 1:
+                history.insert(0, pred.x0)
+                del history[self.order - 1 :]
+            if noise_std > 0.0:
+                z = run.noise(x)
+                x_new.add_(z, alpha=noise_std)
+                if run.log_prob:
+                    log_prob = gaussian_log_prob(z, math.log(noise_std))
+            state = SamplerState(step=k - start, t=t, x=x_new, x0=pred, nfe=d.nfe, log_prob=log_prob)
             yield state
             x = state.x

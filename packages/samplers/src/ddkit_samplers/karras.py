@@ -19,12 +19,12 @@ from torch import Tensor
 from ddkit.denoiser import Denoiser
 from ddkit.protocols import SamplerState
 from ddkit.sampling import (
+    DEFAULT_LAMBDA_MIN,
     Plan,
     Run,
     SamplerBase,
     Spacing,
     gaussian_log_prob,
-    last_timestep_above,
     real,
     sigma_to_t,
 )
@@ -61,13 +61,11 @@ class _Karras(SamplerBase):
             dynamic_threshold=dynamic_threshold,
             denoised_fn=denoised_fn,
             return_log_prob=return_log_prob,
+            lambda_min=lambda_min,
         )
-        self.lambda_min = None if lambda_min is None else real("lambda_min", lambda_min)
 
     def _plan(self, denoiser: Denoiser) -> Plan:
-        ac = denoiser.process.alphas_cumprod
-        last = None if self.lambda_min is None else last_timestep_above(ac, self.lambda_min)
-        return self._sigma_plan(denoiser, last_timestep=last)
+        return self._sigma_plan(denoiser)
 
     def _churn_init(self, s_churn: object, s_tmin: object, s_tmax: object, s_noise: object) -> None:
         self.s_churn = real("s_churn", s_churn, low=0.0)
@@ -112,7 +110,7 @@ class _ChurnSolver(_Karras):
         s_tmin: float = 0.0,
         s_tmax: float = float("inf"),
         s_noise: float = 1.0,
-        lambda_min: float | None = None,
+        lambda_min: float | None = DEFAULT_LAMBDA_MIN,
         clip_denoised: bool | None = None,
         dynamic_threshold: float | None = None,
         denoised_fn: Callable[[Tensor], Tensor] | None = None,
@@ -201,7 +199,7 @@ class EulerAncestral(_Karras):
         spacing: Spacing | None = None,
         eta: float = 1.0,
         s_noise: float = 1.0,
-        lambda_min: float | None = None,
+        lambda_min: float | None = DEFAULT_LAMBDA_MIN,
         clip_denoised: bool | None = None,
         dynamic_threshold: float | None = None,
         denoised_fn: Callable[[Tensor], Tensor] | None = None,

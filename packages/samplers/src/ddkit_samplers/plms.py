@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ddkit.denoiser import Denoiser
 from ddkit.protocols import SamplerState
-from ddkit.sampling import Plan, Run, SamplerBase, Spacing
+from ddkit.sampling import DEFAULT_LAMBDA_MIN, Plan, Run, SamplerBase, Spacing
 
 __all__ = ["PLMS"]
 
@@ -44,6 +44,7 @@ class PLMS(SamplerBase):
         clip_denoised: bool | None = None,
         dynamic_threshold: float | None = None,
         denoised_fn: Callable[[Tensor], Tensor] | None = None,
+        lambda_min: float | None = DEFAULT_LAMBDA_MIN,
     ) -> None:
         super().__init__(
             steps=steps,
@@ -51,6 +52,7 @@ class PLMS(SamplerBase):
             clip_denoised=clip_denoised,
             dynamic_threshold=dynamic_threshold,
             denoised_fn=denoised_fn,
+            lambda_min=lambda_min,
         )
 
     def _plan(self, denoiser: Denoiser) -> Plan:

@@ -9,7 +9,16 @@ generators, image-to-image, inpainting, callbacks, progress bars and NFE countin
 
 from __future__ import annotations
 
-from ddkit.sampling.base import Plan, Run, SamplerBase, gaussian_log_prob, positive_int, real
+from ddkit.sampling.base import (
+    DEFAULT_LAMBDA_MIN,
+    Plan,
+    Run,
+    SamplerBase,
+    SamplingWarning,
+    gaussian_log_prob,
+    positive_int,
+    real,
+)
 from ddkit.sampling.noise import check_generator, randn
 from ddkit.sampling.spacing import (
     SPACINGS,
@@ -25,10 +34,12 @@ from ddkit.sampling.spacing import (
 )
 
 __all__ = [
+    "DEFAULT_LAMBDA_MIN",
     "SPACINGS",
     "Plan",
     "Run",
     "SamplerBase",
+    "SamplingWarning",
     "Spacing",
     "check_generator",
     "check_spacing",

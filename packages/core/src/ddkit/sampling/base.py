@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,11 +36,51 @@ from ddkit.diffusion.process import GaussianProcess
 from ddkit.errors import CompositionError
 from ddkit.protocols import Generator, SamplerState
 from ddkit.sampling.noise import check_generator, randn
-from ddkit.sampling.spacing import Spacing, check_spacing, continuous_schedule, discrete_timesteps
+from ddkit.sampling.spacing import (
+    Spacing,
+    check_spacing,
+    continuous_schedule,
+    discrete_timesteps,
+    last_timestep_above,
+)
 
-__all__ = ["Plan", "Run", "SamplerBase", "gaussian_log_prob", "positive_int", "real"]
+__all__ = [
+    "DEFAULT_LAMBDA_MIN",
+    "Plan",
+    "Run",
+    "SamplerBase",
+    "SamplingWarning",
+    "gaussian_log_prob",
+    "positive_int",
+    "real",
+]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+
+#: Where samplers start by default: the last training step whose half log-SNR
+#: λ = ½·log(ᾱ/(1 − ᾱ)) is at least this (diffusers' ``lambda_min_clipped`` for cosine
+#: schedules). It keeps every step of DDPM's linear schedule (λ_T = −5.06) and drops the
+#: near-pure-noise tail of cosine (λ_T = −9.9) and zero-terminal-SNR schedules (λ_T = −∞),
+#: where an ε-model's x̂_0 = (x − sqrt(1 − ᾱ)·ε̂)/sqrt(ᾱ) is mostly the network's error.
+DEFAULT_LAMBDA_MIN = -5.1
+#: Below this start λ an ε-model's x̂_0 error is over e^6 ≈ 400 times its ε error.
+_WARN_LAMBDA = -6.0
+
+
+class SamplingWarning(UserWarning):
+    """A sampler setting known to give poor samples (the message says which and the fix).
+
+    .. versionadded:: 0.2.0
+    """
+
+
+def _lambda_of(alpha_bar: float) -> float:
+    """Half log-SNR ½·log(ᾱ/(1 − ᾱ)) (−∞ at ᾱ = 0, +∞ at ᾱ = 1)."""
+    if alpha_bar <= 0.0:
+        return -math.inf
+    if alpha_bar >= 1.0:
+        return math.inf
+    return 0.5 * (math.log(alpha_bar) - math.log1p(-alpha_bar))
 
 
 def positive_int(name: str, value: object, *, allow_none: bool = False) -> int | None:
@@ -120,7 +161,13 @@ class SamplerBase:
     ``clip_denoised``: clamp x_0 to [-1, 1] (None: the parameterization's setting);
     ``dynamic_threshold``: Imagen's percentile thresholding of x_0 (e.g. 0.995);
     ``denoised_fn``: a function applied to x_0 before clipping; ``return_log_prob``:
-    report each stochastic transition's per-sample log density in ``SamplerState.log_prob``.
+    report each stochastic transition's per-sample log density in ``SamplerState.log_prob``;
+    ``lambda_min``: start at the last training step whose half log-SNR is at least this
+    (None: the whole chain, as guided-diffusion does). ``lambda_min`` applies to the named
+    spacings; a respacing string or an explicit list of timesteps is walked as given.
+
+    .. versionchanged:: 0.2.0
+       ``lambda_min`` (default :data:`DEFAULT_LAMBDA_MIN`) on every sampler.
 
     .. versionadded:: 0.1.0
     """
@@ -149,8 +196,10 @@ class SamplerBase:
         dynamic_threshold: float | None = None,
         denoised_fn: Callable[[Tensor], Tensor] | None = None,
         return_log_prob: bool = False,
+        lambda_min: float | None = DEFAULT_LAMBDA_MIN,
     ) -> None:
         self.steps = positive_int("steps", steps, allow_none=True)
+        self.lambda_min = None if lambda_min is None else real("lambda_min", lambda_min)
         check_spacing(spacing, self.steps)
         self.spacing = spacing
         if clip_denoised is not None and not isinstance(clip_denoised, bool):
@@ -193,6 +242,15 @@ class SamplerBase:
         """``spacing``, else the sampler's default."""
         return self.spacing if self.spacing is not None else self.default_spacing
 
+    def _usable_steps(self, alphas_cumprod: Any, spacing: Spacing) -> int:
+        """How many training steps (from t = 0) a named spacing may use under ``lambda_min``."""
+        total = len(alphas_cumprod)
+        if self.lambda_min is None or not isinstance(spacing, str) or spacing[:1].isdigit():
+            return total
+        if spacing.startswith("ddim") and spacing[4:].isdigit():
+            return total
+        return last_timestep_above(alphas_cumprod, self.lambda_min)
+
     def _bind(self, denoiser: Denoiser, process: GaussianProcess) -> Denoiser:
         """``denoiser`` on ``process`` with this sampler's x_0 options, and a fresh NFE count."""
         changes: dict[str, Any] = {}
@@ -217,15 +275,24 @@ class SamplerBase:
         total = process.num_timesteps
         steps = self._resolved_steps()
         spacing = self._resolved_spacing()
+        usable = self._usable_steps(process.alphas_cumprod, spacing)
+        if steps is not None and usable < steps <= total:
+            raise ValueError(
+                f"sampler {self.name!r}: lambda_min={self.lambda_min} leaves {usable} of the {total} training "
+                f"steps (those with half log-SNR λ ≥ {self.lambda_min}), fewer than steps={steps}; ask for at "
+                "most that many, or set lambda_min=None to walk the whole chain"
+            )
+        # (more steps than the chain has: the spacing's own message, naming the chain's length)
+        ac = process.alphas_cumprod if steps is not None and steps > total else process.alphas_cumprod[:usable]
         if self.spacing is None and spacing == "ddim" and steps is not None:
             # guided-diffusion's "ddimN" exists only for some N; the default then keeps the same
             # family, N steps at stride ⌊T/N⌋ from step 0 (diffusers' "leading").
             try:
-                use = discrete_timesteps("ddim", steps, process.alphas_cumprod)
+                use = discrete_timesteps("ddim", steps, ac)
             except ValueError:
-                use = discrete_timesteps("leading", steps, process.alphas_cumprod)
+                use = discrete_timesteps("leading", steps, ac)
         else:
-            use = discrete_timesteps(spacing, steps, process.alphas_cumprod)
+            use = discrete_timesteps(spacing, steps, ac)
         chain = process if len(use) == total else self._respaced(process, use)
         n = chain.num_timesteps
         timesteps = [float(chain.timestep_map[i]) for i in range(n - 1, -1, -1)]
@@ -256,14 +323,17 @@ class SamplerBase:
 
         ``plan.extra`` holds the N + 1 σ's; the denoiser stays on the full training chain and is
         called at ``plan.timesteps[k]`` (fractional where the spacing falls between steps) with
-        ``alpha_bar = 1 / (1 + σ_k²)``.
+        ``alpha_bar = 1 / (1 + σ_k²)``. ``last_timestep`` (None: from ``lambda_min``) caps the grid.
         """
         process = denoiser.process
         total = process.num_timesteps
         steps = self._resolved_steps()
         spacing = self._resolved_spacing()
+        if last_timestep is None:
+            usable = self._usable_steps(process.alphas_cumprod, spacing)
+            last_timestep = None if usable == total else usable
         if steps is None:
-            steps = total
+            steps = total if last_timestep is None else last_timestep
         sig, t = continuous_schedule(
             spacing, steps, process.alphas_cumprod, drop_last=drop_last, last_timestep=last_timestep
         )
@@ -295,9 +365,12 @@ class SamplerBase:
                 f"x_0 = (x − sqrt(1 − ᾱ)·ε)/sqrt(ᾱ) is undefined for {who}; use a spacing that starts below "
                 "the last step" + ("" if self.epsilon_form else ", or a model predicting v or x0")
             )
-        if (
-            prediction == "previous-x"
-            and plan.denoiser.process.num_timesteps != denoiser.process.num_timesteps
+        if prediction == "epsilon" and not denoiser._score_guidances:
+            self._warn_noisy_start(plan, denoiser.process.num_timesteps)
+        chain = plan.denoiser.process
+        if prediction == "previous-x" and (
+            chain is not denoiser.process
+            and list(chain.timestep_map[: chain.num_timesteps]) != list(range(chain.num_timesteps))
         ):
             raise CompositionError(
                 f"sampler {self.name!r} with {plan.steps} of {denoiser.process.num_timesteps} steps cannot "
@@ -306,6 +379,26 @@ class SamplerBase:
                 "epsilon, x0 or v"
             )
         return plan
+
+    def _warn_noisy_start(self, plan: Plan, total: int) -> None:
+        """Warn when an ε-model starts where x̂_0 is mostly its error and the first step keeps it."""
+        lam0 = _lambda_of(plan.alpha_bars[0])
+        if lam0 >= _WARN_LAMBDA or len(plan.alpha_bars) < 2 or plan.alpha_bars[0] <= 0.0:
+            return
+        if self.stochastic and plan.steps >= total:
+            return  # ancestral steps over the whole chain wash the error out again
+        gain = math.sqrt(plan.alpha_bars[1] / plan.alpha_bars[0])
+        if gain < 3.0:
+            return
+        warnings.warn(
+            f"sampler {self.name!r} starts an epsilon model at ᾱ = {plan.alpha_bars[0]:.3g} (half log-SNR "
+            f"λ = {lam0:.3g}), where x̂_0 = (x − sqrt(1 − ᾱ)·ε̂)/sqrt(ᾱ) is about {math.exp(-lam0):.3g} times "
+            f"the network's ε error and its first step carries {gain:.3g} times that into x, which "
+            f"often ruins the samples; start lower: set lambda_min={DEFAULT_LAMBDA_MIN} (the default) "
+            "or use a named spacing instead of a respacing string or list that includes the last step",
+            SamplingWarning,
+            stacklevel=4,
+        )
 
     def sample(self, denoiser: Denoiser, x_T: Tensor, **options: Any) -> Tensor:
         """Run :meth:`iterate` to the end and return the final sample."""
