@@ -66,7 +66,7 @@ def rollout(
     reduction = check_reduction(reduction)
     n, x_T = pipe._start(n, x_T, generator)
     denoiser = pipe._denoiser(n, conditioning)
-    inputs = pipe._inputs(x_T, init, mask, known)
+    init, mask, known = pipe._inputs(x_T, init, mask, known)
     run = Run(generator=generator, log_prob=True, reduction=reduction, trace=[])
     model = pipe.sampling_model
     with pipe._eval(model), torch.no_grad():
@@ -74,10 +74,10 @@ def rollout(
             denoiser,
             x_T,
             run,
-            init=inputs["init"],
+            init=init,
             strength=strength,
-            mask=inputs["mask"],
-            known=inputs["known"],
+            mask=mask,
+            known=known,
         )
         plan = walk.plan
         xs = [walk.x]

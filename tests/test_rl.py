@@ -1,0 +1,218 @@
+"""RL fine-tuning across packages: every stochastic sampler's rollouts and transition log-probabilities.
+
+For each sampler of ddkit-samplers that draws noise, :meth:`Pipeline.transition_log_prob` of a
+stored step must equal the rollout's value under the same weights (float32 and float64, with
+per-sample generators, with classifier-free guidance), and ``flow-sde`` must keep the flow
+ODE's marginals and Flow-GRPO's step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import ddkit
+from ddkit import ModelSpec
+
+torch.set_num_threads(1)
+
+#: Every stochastic sampler with Gaussian transitions (a new one joins this list).
+STOCHASTIC: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("ddpm", {"steps": 8}, {}),
+    ("ddpm", {"steps": 8}, {"variance": "learned-range"}),
+    ("ddim", {"steps": 8, "eta": 1.0}, {}),
+    ("ddim", {"steps": 8, "eta": 0.5}, {"name": "v"}),
+    ("euler-ancestral", {"steps": 8}, {}),
+    ("flow-sde", {"steps": 8}, {"name": "velocity"}),
+]
+
+
+class Net(nn.Module):
+    """A small class-conditional MLP; ``learn_sigma`` doubles its output for learned variances."""
+
+    def __init__(self, dim: int = 2, num_classes: int = 3, learn_sigma: bool = False) -> None:
+        super().__init__()
+        self.dim, self.num_classes = dim, num_classes
+        self.out_dim = dim * (2 if learn_sigma else 1)
+        self.inp = nn.Linear(dim + 1, 24)
+        self.emb = nn.Embedding(num_classes + 1, 24)
+        self.out = nn.Linear(24, self.out_dim)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.dim, self.out_dim, (self.dim,), self.num_classes, self.num_classes)
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        h = self.inp(torch.cat([x, t.to(x.dtype)[:, None] / 1000], dim=1))
+        if y is None:
+            y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+        return self.out(torch.tanh(h + self.emb(y).to(x.dtype)))
+
+
+def pipeline(
+    sampler: str, params: dict[str, Any], param: dict[str, Any], dtype: torch.dtype, guided: bool = False
+) -> ddkit.Pipeline:
+    torch.manual_seed(0)
+    flow = sampler == "flow-sde"
+    cfg: dict[str, Any] = {
+        "schedule": {"name": "rectified-flow"} if flow else {"name": "linear", "timesteps": 200},
+        "parameterization": {"name": "epsilon", "clip_denoised": False, **param},
+        "sampler": {"name": sampler, **params},
+        "model": Net(learn_sigma="variance" in param).to(dtype),
+    }
+    if guided:
+        cfg["guidance"] = [{"name": "classifier-free", "scale": 2.5}]
+    return ddkit.Pipeline.from_config(cfg)
+
+
+def gens(seeds: range | list[int]) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def start(n: int, dtype: torch.dtype) -> Tensor:
+    return torch.stack([torch.randn(2, generator=g, dtype=dtype) for g in gens(range(100, 100 + n))])
+
+
+def max_diff(a: Tensor, b: Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize(("sampler", "params", "param"), STOCHASTIC, ids=lambda v: str(v))
+def test_transition_log_prob_equals_the_rollout(
+    sampler: str, params: dict[str, Any], param: dict[str, Any], dtype: torch.dtype
+) -> None:
+    pipe = pipeline(sampler, params, param, dtype)
+    y = torch.tensor([0, 1, 2, 0])
+    traj = pipe.rollout(4, x_T=start(4, dtype), generator=gens(range(4)), y=y)
+    assert traj.log_probs.dtype == dtype
+    assert traj.stochastic_steps
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    for k in traj.stochastic_steps:
+        value = pipe.transition_log_prob(traj, k)
+        assert value.dtype == dtype
+        assert max_diff(value.detach(), traj.log_probs[k]) < tol
+    # Differentiable with respect to the weights, and moved by them.
+    value = pipe.transition_log_prob(traj, traj.stochastic_steps[0])
+    value.sum().backward()
+    assert pipe.model.inp.weight.grad is not None
+    assert float(pipe.model.inp.weight.grad.abs().max()) > 0.0
+    with torch.no_grad():
+        pipe.model.out.bias += 0.1
+    moved = pipe.transition_log_prob(traj, traj.stochastic_steps[0]).detach()
+    assert max_diff(moved, value.detach()) > 1e-4
+
+
+@pytest.mark.parametrize(("sampler", "params", "param"), STOCHASTIC[::2], ids=lambda v: str(v))
+def test_guided_rollouts_score_the_guided_transition(
+    sampler: str, params: dict[str, Any], param: dict[str, Any]
+) -> None:
+    guided = pipeline(sampler, params, param, torch.float64, guided=True)
+    plain = pipeline(sampler, params, param, torch.float64)
+    y = torch.tensor([1, 2, 0])
+    traj = guided.rollout(3, x_T=start(3, torch.float64), generator=gens(range(3)), y=y)
+    k = traj.stochastic_steps[1]
+    value = guided.transition_log_prob(traj, k).detach()
+    assert max_diff(value, traj.log_probs[k]) < 1e-10
+    # The same weights without guidance give the unguided transition another density.
+    assert max_diff(plain.transition_log_prob(traj, k).detach(), value) > 1e-4
+
+
+@pytest.mark.parametrize(("sampler", "params", "param"), STOCHASTIC[2:5:2], ids=lambda v: str(v))
+def test_per_sample_generators_make_rollouts_batch_invariant(
+    sampler: str, params: dict[str, Any], param: dict[str, Any]
+) -> None:
+    pipe = pipeline(sampler, params, param, torch.float64)
+    x_T = start(3, torch.float64)
+    y = torch.tensor([2, 0, 1])
+    batch = pipe.rollout(3, x_T=x_T, generator=gens([7, 8, 9]), y=y)
+    alone = pipe.rollout(1, x_T=x_T[2:], generator=gens([9]), y=y[2:])
+    assert max_diff(batch.x[:, 2:], alone.x) < 1e-12
+    steps = batch.stochastic_steps
+    assert max_diff(batch.log_probs[steps, 2:], alone.log_probs[steps]) < 1e-12
+
+
+def test_deterministic_samplers_are_refused_with_the_stochastic_ones_named() -> None:
+    pipe = pipeline("ddim", {"steps": 8, "eta": 0.0}, {}, torch.float32)
+    with pytest.raises(ddkit.CompositionError, match=r"draws no noise.*euler-ancestral, flow-sde"):
+        pipe.rollout(2, y=0)
+    with pytest.raises(ddkit.CompositionError, match=r"'heun' does not describe its steps"):
+        pipe.with_sampler("heun").rollout(2, y=0)
+
+
+# -- flow-sde --------------------------------------------------------------------------------
+
+MU = torch.tensor([1.5, -0.5], dtype=torch.float64)
+STD = torch.tensor([0.5, 1.2], dtype=torch.float64)
+
+
+class GaussianVelocity(nn.Module):
+    """The exact rectified-flow velocity E[ε − x_0 | x_t] of data N(MU, diag(STD²))."""
+
+    spec = ModelSpec(2, 2, (2,), None, None)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        t = (t.to(x.dtype) / 1000)[:, None]
+        var = STD.to(x) ** 2
+        x0 = MU.to(x) + (1 - t) * var / ((1 - t) ** 2 * var + t**2) * (x - (1 - t) * MU.to(x))
+        return (x - x0) / t
+
+
+def flow_pipe(**params: Any) -> ddkit.Pipeline:
+    return ddkit.Pipeline.from_config(
+        {
+            "schedule": {"name": "rectified-flow"},
+            "parameterization": {"name": "velocity"},
+            "sampler": {"name": "flow-sde", **params},
+            "model": GaussianVelocity(),
+        }
+    )
+
+
+def test_flow_sde_keeps_the_marginals_of_the_flow() -> None:
+    pipe = flow_pipe(steps=40, noise_level=0.7)
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    x = pipe.sample(n, x_T=torch.randn(n, 2, generator=g, dtype=torch.float64), generator=g)
+    # Monte-Carlo error of the mean ≈ STD/sqrt(n) ≈ 0.008; of the std ≈ STD/sqrt(2n).
+    assert max_diff(x.mean(0), MU) < 0.04
+    assert max_diff(x.std(0), STD) < 0.04
+    # The noise is real: far more spread between two draws from the same start than the ODE's.
+    x_T = torch.zeros(2000, 2, dtype=torch.float64)
+    spread = pipe.sample(x_T=x_T, generator=torch.Generator().manual_seed(1)).std(0)
+    assert float(spread.min()) > 0.2
+    assert float(flow_pipe(steps=40, noise_level=0.0).sample(x_T=x_T).std(0).max()) < 1e-9
+
+
+def test_flow_sde_step_is_flow_grpos() -> None:
+    """Flow-GRPO's sde_step_with_logprob written out in the path's x_t = (1 − t)x_0 + tε."""
+    steps, a = 6, 0.7
+    pipe = flow_pipe(steps=steps, noise_level=a)
+    traj = pipe.rollout(5, x_T=start(5, torch.float64), generator=gens(range(5)))
+    times = [(float(i) + 1.0) / 1000 for i in traj.timesteps] + [0.0]  # training step i is at t = (i + 1)/T
+    assert abs(times[0] - 1.0) < 1e-12
+    for k in range(steps):
+        t, t_prev = times[k], times[k + 1]
+        c_t, c_prev = math.hypot(1 - t, t), math.hypot(1 - t_prev, t_prev)
+        x, x_next = traj.x[k] * c_t, traj.x[k + 1] * c_prev  # chain scaling -> the path's x_t
+        with torch.no_grad():
+            v = GaussianVelocity()(x, torch.full((5,), t * 1000, dtype=torch.float64))
+        dt = t_prev - t
+        std_dev_t = math.sqrt(t / (1 - (times[1] if t == 1 else t))) * a
+        mean = x * (1 + std_dev_t**2 / (2 * t) * dt) + v * (1 + std_dev_t**2 * (1 - t) / (2 * t)) * dt
+        std = std_dev_t * math.sqrt(-dt)
+        log_prob = (
+            -((x_next - mean) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi)
+        ).mean(1)
+        # Densities of the chain's x differ from the path's by the Jacobian log c_{t'} per element.
+        assert max_diff(traj.log_probs[k], log_prob + math.log(c_prev)) < 1e-9
+        assert max_diff(pipe.transition_log_prob(traj, k).detach(), traj.log_probs[k]) < 1e-10
+
+
+def test_flow_sde_needs_a_path() -> None:
+    with pytest.raises(ddkit.CompositionError, match=r"'flow-sde'.*discrete chain.*'rectified-flow'"):
+        ddkit.Pipeline.from_config({"sampler": "flow-sde", "model": Net()})
