@@ -190,6 +190,22 @@ def _spacing(cfg: Mapping[str, Any], steps: int | None, timesteps: int, problems
     return spacing
 
 
+def flow_times(cfg: Mapping[str, Any], steps: int) -> np.ndarray:
+    """The path times FlowMatchEulerDiscreteScheduler.set_timesteps(steps) visits (its sigmas, before 0).
+
+    diffusers spaces the times linearly between the shifted ends of its training grid, 1 and
+    shift(1/T), then shifts them again: t_i = shift(linspace(1, shift(1/T), steps)_i).
+    """
+    timesteps = int(cfg.get("num_train_timesteps", 1000))
+    shift = float(cfg.get("shift", 1.0))
+
+    def shifted(t: np.ndarray) -> np.ndarray:
+        return np.asarray(shift * t / (1.0 + (shift - 1.0) * t), dtype=np.float64)
+
+    lowest = float(shifted(np.array(1.0 / timesteps)))
+    return shifted(np.linspace(1.0, lowest, steps, dtype=np.float64))
+
+
 def sampler_table(cfg: Mapping[str, Any], steps: int | None, problems: list[str]) -> dict[str, Any]:
     """The ddkit sampler (name and parameters) for the scheduler config ``cfg`` taking ``steps`` steps."""
     class_name = str(cfg.get("_class_name"))
@@ -197,7 +213,13 @@ def sampler_table(cfg: Mapping[str, Any], steps: int | None, problems: list[str]
     timesteps = int(cfg.get("num_train_timesteps", 1000))
     table: dict[str, Any] = {"name": name}
     if class_name in FLOW_SCHEDULERS:
-        table["steps"] = steps
+        if cfg.get("use_karras_sigmas", False):
+            problems.append(f"scheduler 'use_karras_sigmas' = True is not mapped for {class_name}")
+        if steps is None or steps < 1:
+            problems.append(f"{class_name} needs a positive number of steps (got {steps!r})")
+            return table
+        table["spacing"] = flow_times(cfg, steps).tolist()
+        table["lambda_min"] = None
         return table
     spacing = _spacing(cfg, steps, timesteps, problems)
     if isinstance(spacing, list):
