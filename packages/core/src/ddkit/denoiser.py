@@ -60,6 +60,7 @@ class Denoiser:
 
     __slots__ = (
         "_guided_model",
+        "_model_input",
         "_mean_guidances",
         "_model_conditioning",
         "_score_guidances",
@@ -112,6 +113,7 @@ class Denoiser:
                 mean_channels = channels if channels is not None else -1
                 guided = g.wrap_model(guided, mean_channels=mean_channels)
         self._guided_model = guided
+        self._model_input = getattr(parameterization, "model_input", None)
         self._score_guidances = tuple(g for g, f in zip(self.guidances, self.forms) if f == "score")
         self._mean_guidances = tuple(g for g, f in zip(self.guidances, self.forms) if f == "mean")
 
@@ -131,11 +133,18 @@ class Denoiser:
         """This denoiser on the chain that visits only ``use_timesteps`` of its own."""
         return self.with_process(self.process.respace(use_timesteps), **changes)
 
-    def model_output(self, x: Tensor, t: Step) -> Tensor:
+    def model_input(self, x: Tensor, t: Step, alpha_bar: Coef | None = None) -> tuple[Tensor, Tensor]:
+        """The network's input for the chain's x at step ``t``: the path's x_t (or a preconditioned x) and time."""
+        if self._model_input is not None:
+            x_in, model_t = self._model_input(self.process, x, t, alpha_bar)
+            return x_in, model_t
+        return x, self.process.model_timesteps(t, x.shape[0], x.device)
+
+    def model_output(self, x: Tensor, t: Step, alpha_bar: Coef | None = None) -> Tensor:
         """The raw (model-form guided) network output for x at step ``t`` of the chain."""
-        model_t = self.process.model_timesteps(t, x.shape[0], x.device)
+        x_in, model_t = self.model_input(x, t, alpha_bar)
         self.nfe += 1
-        return self._guided_model(x, model_t, **self._model_conditioning)
+        return self._guided_model(x_in, model_t, **self._model_conditioning)
 
     def __call__(
         self, x: Tensor, t: Step, *, alpha_bar: Coef | None = None, posterior: bool = False
@@ -145,9 +154,9 @@ class Denoiser:
         ``posterior=True`` also fills the reverse transition's mean and variance.
         """
         process = self.process
-        model_t = process.model_timesteps(t, x.shape[0], x.device)
+        x_in, model_t = self.model_input(x, t, alpha_bar)
         self.nfe += 1
-        output = self._guided_model(x, model_t, **self._model_conditioning)
+        output = self._guided_model(x_in, model_t, **self._model_conditioning)
         pred = self.parameterization.predict(
             process,
             output,
@@ -165,7 +174,7 @@ class Denoiser:
             assert pred.variance is not None
             mean = pred.mean.float()
             for g in self._mean_guidances:
-                mean = mean + pred.variance * g.gradient(x, model_t, **self.conditioning).float()
+                mean = mean + pred.variance * self._gradient(g, x, t, model_t).float()
             pred.mean = mean
         return pred
 
@@ -176,8 +185,17 @@ class Denoiser:
         sigma = (1.0 - ab) ** 0.5
         eps = pred.eps
         for g in self._score_guidances:
-            eps = eps - sigma * g.gradient(x, model_t, **self.conditioning)
+            eps = eps - sigma * self._gradient(g, x, t, model_t)
         # As guided-diffusion's condition_score: x_0 follows the shifted noise, unclipped.
         x0 = self.process.x0_from_eps(x, t, eps, alpha_bar)
         mean = self.process.q_posterior_mean(x0, x, t) if posterior else pred.mean
         return pred.replace(x0=x0, eps=eps, mean=mean)
+
+    def _gradient(self, g: Guidance, x: Tensor, t: Step, model_t: Tensor) -> Tensor:
+        """A guidance's gradient with respect to the chain's x: it sees the path's x_t = k·x (∇ scales by k)."""
+        k = self.process.scale(t, x)
+        if self.process.path is not None:  # the path's time, not a preconditioner's c_noise
+            model_t = self.process.model_timesteps(t, x.shape[0], x.device)
+        if type(k) is float and k == 1.0:
+            return g.gradient(x, model_t, **self.conditioning)
+        return g.gradient(x * k, model_t, **self.conditioning) * k

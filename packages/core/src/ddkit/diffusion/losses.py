@@ -66,7 +66,10 @@ def min_snr_weight(process: GaussianProcess, prediction: str, t: Tensor, gamma: 
     """
     if isinstance(gamma, bool) or not isinstance(gamma, int | float) or not gamma > 0:
         raise ConfigError(f"'min_snr_gamma' must be a positive number, e.g. 5.0 (got {gamma!r})")
-    ab = process.table("alphas_cumprod", t.device, torch.float64)[t]
+    if t.is_floating_point():
+        ab = process.alpha_bar(t.double()).reshape(-1).to(torch.float64)  # type: ignore[union-attr]
+    else:
+        ab = process.table("alphas_cumprod", t.device, torch.float64)[t]
     snr = ab / (1.0 - ab)
     if prediction == "epsilon":
         # min(SNR, γ)/SNR = min(1, γ/SNR): also right (1) where SNR = 0 (zero-terminal-SNR schedules).
@@ -95,7 +98,9 @@ def training_losses(
 ) -> dict[str, Tensor]:
     """Per-sample training losses for ``x0`` noised to steps ``t`` (guided-diffusion's ``training_losses``).
 
-    ``model_fn(x_t, process.model_timesteps(t, ...), **model_kwargs)`` is called once. Returns
+    ``model_fn(*parameterization.model_input(process, x_t, t), **model_kwargs)`` is called once
+    (on a path: its own x_t and model time). ``t`` may be fractional steps (continuous-time
+    resamplers) on a path. Returns
     ``loss`` (shape [N]) and, where they apply, ``mse`` (unweighted) and ``vb`` (the frozen-mean
     bound term); with ``min_snr_gamma`` also ``snr_weight``, and ``loss`` = weight·mse (+ vb).
     Importance weights of a resampler multiply ``loss`` afterwards (:func:`weighted_mean`).
@@ -123,7 +128,8 @@ def training_losses(
         terms["loss"] = out["output"] * process.num_timesteps if name == "rescaled-kl" else out["output"]
         return terms
 
-    output = model_fn(x_t, process.model_timesteps(t, x_t.shape[0], x_t.device), **kwargs)
+    x_in, model_t = parameterization.model_input(process, x_t, t)
+    output = model_fn(x_in, model_t, **kwargs)
     mean_part, var_part = parameterization.split(output, x_t)
     if var_part is not None:
         # The bound trains the variance only: the mean part is detached.

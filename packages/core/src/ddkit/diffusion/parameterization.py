@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import math
+
 import attrs
 import torch
 from torch import Tensor
@@ -15,17 +17,21 @@ from ddkit.prediction import Linear, Prediction
 __all__ = [
     "PREDICTIONS",
     "VARIANCES",
+    "EDMParameterization",
     "GaussianParameterization",
+    "edm",
     "epsilon",
     "output_channel_error",
     "p_mean_variance",
     "previous_x",
     "v",
+    "velocity",
     "x0",
 ]
 
-#: What a network can predict for the mean: noise, clean data, the previous step's mean, or v.
-PREDICTIONS: tuple[str, ...] = ("epsilon", "x0", "previous-x", "v")
+#: What a network can predict for the mean: noise, clean data, the previous step's mean, v, a path's
+#: velocity dα/dt·x_0 + dσ/dt·ε, or EDM's preconditioned output F.
+PREDICTIONS: tuple[str, ...] = ("epsilon", "x0", "previous-x", "v", "velocity", "edm")
 #: How the reverse-step variance is given.
 VARIANCES: tuple[str, ...] = ("fixed-small", "fixed-large", "learned", "learned-range")
 
@@ -124,6 +130,50 @@ class GaussianParameterization:
         ones = torch.ones_like(like)
         return process.coef(var_name, t, like) * ones, process.coef(log_name, t, like) * ones
 
+    def check_process(self, process: GaussianProcess) -> None:
+        """Raise ``ValueError`` for a chain this parameterization cannot read (before any work)."""
+        if self.prediction == "velocity" and process.path is None:
+            raise ValueError(
+                "parameterization 'velocity' predicts dα/dt·x_0 + dσ/dt·ε, which needs a continuous path "
+                "(schedule 'rectified-flow', 'vp-continuous', 'edm' or a plugin's); on a discrete chain of "
+                "betas use 'v', 'epsilon' or 'x0'"
+            )
+
+    def model_input(
+        self, process: GaussianProcess, x: Tensor, t: Step, alpha_bar: Coef | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """What the network is called with for the chain's ``x`` at step ``t``: the path's x_t and time."""
+        scale = process.scale(t, x)
+        x_in = x if type(scale) is float and scale == 1.0 else x * scale
+        return x_in, process.model_timesteps(t, x.shape[0], x.device)
+
+    def forms(
+        self, process: GaussianProcess, mean_part: Tensor, x_t: Tensor, t: Step, alpha_bar: Coef | None
+    ) -> tuple[Tensor | Linear, Tensor | Linear]:
+        """x̂_0 and ε̂ read from the mean part of the output, as linear forms where they are linear."""
+        if self.prediction == "epsilon":
+            return process.linear_x0_from_eps(x_t, t, mean_part, alpha_bar), mean_part
+        if self.prediction == "v":
+            return (
+                process.linear_x0_from_v(x_t, t, mean_part, alpha_bar),
+                process.linear_eps_from_v(x_t, t, mean_part, alpha_bar),
+            )
+        if self.prediction == "velocity":
+            # Solve x_path = α·x_0 + σ·ε, v = α'·x_0 + σ'·ε for x_0 and ε, with x_path = k·x_t.
+            a, s, da, ds = process.path_coefs(t, x_t)
+            k = process.scale(t, x_t)
+            det = a * ds - s * da
+            return Linear(ds * k / det, x_t, -s / det, mean_part), Linear(-da * k / det, x_t, a / det, mean_part)
+        if self.prediction == "x0":
+            return mean_part, process.linear_eps_from_x0(x_t, t, mean_part, alpha_bar)
+        if self.prediction == "edm":
+            raise ValueError(
+                "prediction 'edm' needs its preconditioning: build it with ddkit.create('parameterization', 'edm')"
+            )
+        raise ValueError(
+            "a 'previous-x' model predicts a discrete step; it cannot be read at a continuous noise level"
+        )
+
     def predict(
         self,
         process: GaussianProcess,
@@ -147,13 +197,7 @@ class GaussianParameterization:
         eps: Tensor | Linear
         if denoised_fn is None and not clip and self.prediction != "previous-x":
             # x_0 and ε are linear in (x_t, output): keep them as forms, computed when read.
-            if self.prediction == "epsilon":
-                x0, eps = process.linear_x0_from_eps(x_t, t, mean_part, alpha_bar), mean_part
-            elif self.prediction == "v":
-                x0 = process.linear_x0_from_v(x_t, t, mean_part, alpha_bar)
-                eps = process.linear_eps_from_v(x_t, t, mean_part, alpha_bar)
-            else:
-                x0, eps = mean_part, process.linear_eps_from_x0(x_t, t, mean_part, alpha_bar)
+            x0, eps = self.forms(process, mean_part, x_t, t, alpha_bar)
         else:
             x0 = self._raw_x0(process, mean_part, x_t, t, alpha_bar)
             if denoised_fn is not None:
@@ -173,17 +217,10 @@ class GaussianParameterization:
     def _raw_x0(
         self, process: GaussianProcess, mean_part: Tensor, x_t: Tensor, t: Step, alpha_bar: Coef | None
     ) -> Tensor:
-        if self.prediction == "epsilon":
-            return process.x0_from_eps(x_t, t, mean_part, alpha_bar)
-        if self.prediction == "x0":
-            return mean_part
-        if self.prediction == "v":
-            return process.x0_from_v(x_t, t, mean_part, alpha_bar)
-        if alpha_bar is not None:
-            raise ValueError(
-                "a 'previous-x' model predicts a discrete step; it cannot be read at a continuous noise level"
-            )
-        return process.x0_from_xprev(x_t, t, mean_part)
+        if self.prediction == "previous-x" and alpha_bar is None:
+            return process.x0_from_xprev(x_t, t, mean_part)
+        x0 = self.forms(process, mean_part, x_t, t, alpha_bar)[0]
+        return x0.value() if isinstance(x0, Linear) else x0
 
     def target(self, process: GaussianProcess, x0: Tensor, x_t: Tensor, t: Step, noise: Tensor) -> Tensor:
         """The regression target for the mean part of the output (guided-diffusion's training target)."""
@@ -193,7 +230,74 @@ class GaussianParameterization:
             return x0
         if self.prediction == "v":
             return process.v_from_x0_eps(x0, noise, t)
+        if self.prediction == "velocity":
+            _, _, da, ds = process.path_coefs(t, x0)
+            return da * x0 + ds * noise
         return process.q_posterior_mean(x0, x_t, t)
+
+
+@attrs.frozen
+class EDMParameterization(GaussianParameterization):
+    """EDM's preconditioning (Karras et al. 2022, Table 1) around the network F, on any path.
+
+    In the variance-exploding view x/α with σ = sqrt((1 − ᾱ)/ᾱ): D(x; σ) = c_skip·x + c_out·F(c_in·x;
+    c_noise) with c_skip = σ_d²/(σ² + σ_d²), c_out = σ·σ_d/sqrt(σ² + σ_d²), c_in = 1/sqrt(σ² + σ_d²),
+    c_noise = ln(σ)/4. Written in ᾱ every coefficient stays finite, so it reads the chain's x
+    directly; the loss regresses F onto (x_0 − c_skip·x)/c_out, which is EDM's λ(σ)-weighted loss.
+
+    .. versionadded:: 0.2.0
+    """
+
+    sigma_data: float = attrs.field(default=0.5)
+
+    @sigma_data.validator
+    def _check_sigma_data(self, attribute: attrs.Attribute[float], value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value > 0):
+            raise ValueError(f"'sigma_data' must be a positive finite number, the data's std (got {value!r})")
+
+    def _d(self, process: GaussianProcess, t: Step, like: Tensor, alpha_bar: Coef | None) -> tuple[Coef, Coef]:
+        ab = process.alpha_bar(t, like) if alpha_bar is None else alpha_bar
+        if isinstance(ab, Tensor):
+            ab = ab.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+        return ab, 1.0 - ab + ab * self.sigma_data**2
+
+    def model_input(
+        self, process: GaussianProcess, x: Tensor, t: Step, alpha_bar: Coef | None = None
+    ) -> tuple[Tensor, Tensor]:
+        ab, d = self._d(process, t, x, alpha_bar)
+        if isinstance(ab, Tensor):
+            log_sigma = 0.5 * (torch.log1p(-ab) - torch.log(ab)).reshape(-1)
+            return x * d.rsqrt(), (log_sigma / 4).to(torch.float64).expand(x.shape[0])  # type: ignore[union-attr]
+        if ab <= 0.0:
+            raise ValueError("the 'edm' parameterization has no c_noise at ᾱ = 0 (σ = ∞); start below it")
+        c_noise = 0.25 * 0.5 * (math.log1p(-ab) - math.log(ab))
+        return x * float(1.0 / math.sqrt(d)), torch.full((x.shape[0],), c_noise, dtype=torch.float64, device=x.device)
+
+    def forms(
+        self, process: GaussianProcess, mean_part: Tensor, x_t: Tensor, t: Step, alpha_bar: Coef | None
+    ) -> tuple[Tensor | Linear, Tensor | Linear]:
+        ab, d = self._d(process, t, x_t, alpha_bar)
+        sd = self.sigma_data
+        if isinstance(ab, Tensor):
+            assert isinstance(d, Tensor)
+            root_d = d.sqrt()
+            x0 = Linear(sd * sd * ab.sqrt() / d, x_t, sd * (1.0 - ab).sqrt() / root_d, mean_part)
+            eps = Linear((1.0 - ab).sqrt() / d, x_t, -sd * ab.sqrt() / root_d, mean_part)
+            return x0, eps
+        assert isinstance(d, float)
+        root_d = math.sqrt(d)
+        x0 = Linear(sd * sd * math.sqrt(ab) / d, x_t, sd * math.sqrt(1.0 - ab) / root_d, mean_part)
+        eps = Linear(math.sqrt(1.0 - ab) / d, x_t, -sd * math.sqrt(ab) / root_d, mean_part)
+        return x0, eps
+
+    def target(self, process: GaussianProcess, x0: Tensor, x_t: Tensor, t: Step, noise: Tensor) -> Tensor:
+        ab, d = self._d(process, t, x_t, None)
+        sd = self.sigma_data
+        if isinstance(ab, Tensor):
+            assert isinstance(d, Tensor)
+            return (x0 - sd * sd * ab.sqrt() / d * x_t) / (sd * (1.0 - ab).sqrt() / d.sqrt())
+        assert isinstance(d, float)
+        return (x0 - (sd * sd * math.sqrt(ab) / d) * x_t) / (sd * math.sqrt(1.0 - ab) / math.sqrt(d))
 
 
 def p_mean_variance(
@@ -212,8 +316,8 @@ def p_mean_variance(
     The network sees :meth:`GaussianProcess.model_timesteps` (training indices, rescaled if
     the chain says so), as guided-diffusion's ``p_mean_variance`` feeds it.
     """
-    model_t = process.model_timesteps(t, x_t.shape[0], x_t.device)
-    output = model_fn(x_t, model_t, **(model_kwargs or {}))
+    x_in, model_t = parameterization.model_input(process, x_t, t)
+    output = model_fn(x_in, model_t, **(model_kwargs or {}))
     return parameterization.predict(
         process, output, x_t, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn, posterior=True
     )
@@ -240,3 +344,15 @@ def previous_x(variance: str = "fixed-small", clip_denoised: bool = True) -> Gau
 def v(variance: str = "fixed-small", clip_denoised: bool = True) -> GaussianParameterization:
     """The network predicts v = sqrt(ᾱ)·eps − sqrt(1 − ᾱ)·x_0 (Salimans & Ho 2022)."""
     return GaussianParameterization("v", variance, clip_denoised)
+
+
+def velocity(variance: str = "fixed-small", clip_denoised: bool = False) -> GaussianParameterization:
+    """The network predicts a path's velocity dα/dt·x_0 + dσ/dt·ε (ε − x_0 on rectified flow)."""
+    return GaussianParameterization("velocity", variance, clip_denoised)
+
+
+def edm(
+    sigma_data: float = 0.5, variance: str = "fixed-small", clip_denoised: bool = False
+) -> EDMParameterization:
+    """EDM's preconditioning with ``sigma_data`` (Karras et al. 2022): c_skip, c_out, c_in, c_noise."""
+    return EDMParameterization("edm", variance, clip_denoised, sigma_data=sigma_data)

@@ -9,6 +9,7 @@ host-device synchronisation happens inside a sampling loop.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +17,9 @@ from torch import Tensor
 
 from ddkit.diffusion.respace import space_timesteps
 from ddkit.prediction import Linear, combine
+
+if TYPE_CHECKING:
+    from ddkit.diffusion.paths import PathSchedule
 
 __all__ = ["Coef", "GaussianProcess", "Step", "validate_betas"]
 
@@ -59,6 +63,13 @@ def _eps_from_x0_coefs(alpha_bar: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     return a, c, s
 
 
+def _fractional(t: object) -> bool:
+    """Whether a step lies between the chain's steps (a float tensor, or a non-integer float)."""
+    if isinstance(t, Tensor):
+        return t.is_floating_point()
+    return isinstance(t, float) and not t.is_integer()
+
+
 def validate_betas(betas: Sequence[float] | np.ndarray | Tensor) -> np.ndarray:
     """Return ``betas`` as a float64 array, or raise ``ValueError`` saying what is wrong."""
     if isinstance(betas, Tensor):
@@ -83,6 +94,11 @@ class GaussianProcess:
     (the identity for a full chain); the network is always fed training timesteps.
     ``rescale_timesteps`` feeds ``t * 1000 / original_num_steps`` instead (guided-diffusion's
     option of that name).
+
+    A chain through a continuous :mod:`Gaussian path <ddkit.diffusion.paths>` (``path``) has a
+    path time per step (``times``); ᾱ between its steps and every conversion between chain
+    index, time and noise level come from the path's closed form, the network is fed the
+    path's model time, and x is scaled to the path's own x_t before the call (:meth:`scale`).
 
     .. versionadded:: 0.1.0
     """
@@ -116,6 +132,8 @@ class GaussianProcess:
         timestep_map: Sequence[int] | np.ndarray | None = None,
         original_num_steps: int | None = None,
         rescale_timesteps: bool = False,
+        path: PathSchedule | None = None,
+        times: Sequence[float] | np.ndarray | None = None,
     ) -> None:
         b = validate_betas(betas)
         self.num_timesteps = int(b.shape[0])
@@ -125,6 +143,15 @@ class GaussianProcess:
         if tmap.shape != (self.num_timesteps,):
             raise ValueError(f"timestep_map must have {self.num_timesteps} entries (got {tmap.shape})")
         self.timestep_map = tmap.astype(np.int64)
+        #: The continuous path this chain walks (None: a discrete chain of betas).
+        self.path = path
+        #: The path time of each step (None for a discrete chain).
+        self.times: np.ndarray | None = None
+        if path is not None:
+            grid_times = path.grid()[self.timestep_map] if times is None else np.asarray(times, np.float64)
+            if grid_times.shape != (self.num_timesteps,):
+                raise ValueError(f"times must have {self.num_timesteps} entries (got {grid_times.shape})")
+            self.times = grid_times
 
         alphas = 1.0 - b
         ac = np.cumprod(alphas)
@@ -170,6 +197,7 @@ class GaussianProcess:
         self._is_respaced = self.num_timesteps != self.original_num_steps or not np.array_equal(
             self.timestep_map, np.arange(self.num_timesteps)
         )
+        self._scale_floats: list[float] | None = None
 
     @classmethod
     def from_alphas_cumprod(cls, alphas_cumprod: np.ndarray, **kwargs: object) -> GaussianProcess:
@@ -218,10 +246,12 @@ class GaussianProcess:
         return (floats if floats is not None else self._float_table(name))[int(t)]
 
     def alpha_bar(self, t: Step, like: Tensor | None = None) -> Coef:
-        """ᾱ at step ``t`` of this chain; fractional steps interpolate log ᾱ linearly."""
+        """ᾱ at step ``t`` of this chain; fractional steps interpolate log ᾱ linearly (a path: exactly)."""
         if type(t) is int:  # the samplers' hot path: a list lookup
             floats = self._floats.get("alphas_cumprod")
             return (floats if floats is not None else self._float_table("alphas_cumprod"))[t]
+        if self.path is not None and _fractional(t):
+            return self._path_alpha_bar(t, like)
         if isinstance(t, Tensor):
             ref = like if like is not None else t.double()
             if not t.is_floating_point():
@@ -259,6 +289,12 @@ class GaussianProcess:
         return self._model_timesteps(t, batch, device)
 
     def _model_timesteps(self, t: Step, batch: int, device: torch.device | str) -> Tensor:
+        if self.path is not None:
+            times = self.time_of_index(t.detach().cpu().double().numpy() if isinstance(t, Tensor) else t)
+            tt = torch.as_tensor(np.asarray(times, dtype=np.float64), device=device)
+            if tt.ndim == 0:
+                tt = tt.expand(batch)
+            return self.path.model_time(tt)
         if isinstance(t, Tensor):
             tt = t.to(device)
             if tt.ndim == 0:
@@ -319,7 +355,116 @@ class GaussianProcess:
             timestep_map=self.timestep_map[keep],
             original_num_steps=self.original_num_steps,
             rescale_timesteps=self.rescale_timesteps,
+            path=self.path,
+            times=None if self.times is None else self.times[keep],
         )
+
+    def at_times(self, times: Iterable[float]) -> GaussianProcess:
+        """The chain through this path's exact ``times`` (path time, e.g. σ on ``edm``): a published grid.
+
+        Its steps need not lie on the training grid; the network is fed each time's model time.
+        """
+        if self.path is None:
+            raise ValueError("at_times() needs a continuous path; a discrete chain respaces by step (respace())")
+        ts = np.array(sorted({float(v) for v in times}), dtype=np.float64)
+        if ts.size == 0 or not np.isfinite(ts).all() or ts[0] <= 0.0 or ts[-1] > self.path.t_max * (1 + 1e-12):
+            raise ValueError(
+                f"explicit times must be finite and lie in (0, {self.path.t_max:g}], the path's time range "
+                f"(got {times!r}); list the levels from the start of sampling down, without t = 0"
+            )
+        a, s = self.path.alpha_sigma(ts)
+        ac = a * a / (a * a + s * s)
+        # The training index of each time, for the logs and a resampler's bookkeeping.
+        index = np.clip(np.round(self.index_of_time(ts)), 0, self.original_num_steps - 1).astype(np.int64)
+        return GaussianProcess.from_alphas_cumprod(
+            ac,
+            timestep_map=index,
+            original_num_steps=self.original_num_steps,
+            path=self.path,
+            times=ts,
+        )
+
+    # -- the continuous path: conversions between index, time and noise level ------------
+
+    def time_of_index(self, u: Step | np.ndarray) -> float | np.ndarray:
+        """Path time at (fractional) step ``u`` of this chain: piecewise linear between steps, 0 at u = −1."""
+        if self.times is None:
+            raise ValueError("a discrete chain has no path time; its steps are the training timesteps")
+        knots = np.append(0.0, self.times)
+        values = np.interp(np.asarray(u, dtype=np.float64) + 1.0, np.arange(knots.size), knots)
+        return float(values) if np.ndim(values) == 0 else np.asarray(values)
+
+    def index_of_time(self, t: np.ndarray | float) -> np.ndarray:
+        """The (fractional) step of this chain at path time ``t``, the inverse of :meth:`time_of_index`."""
+        if self.times is None:
+            raise ValueError("a discrete chain has no path time; its steps are the training timesteps")
+        knots = np.append(0.0, self.times)
+        return np.asarray(np.interp(np.asarray(t, dtype=np.float64), knots, np.arange(knots.size)) - 1.0)
+
+    def index_of_sigma(self, sigmas: np.ndarray) -> np.ndarray:
+        """The (fractional) step at noise levels σ = sqrt((1 − ᾱ)/ᾱ): exact on a path, else as diffusers."""
+        sig = np.asarray(sigmas, dtype=np.float64)
+        if self.path is None:
+            from ddkit.sampling.spacing import sigma_to_t
+
+            return sigma_to_t(sig, self.alphas_cumprod)
+        with np.errstate(divide="ignore"):
+            times = self.path.time_of_lambda(-np.log(sig))
+        return self.index_of_time(times)
+
+    def sigma_of_index(self, u: np.ndarray) -> np.ndarray:
+        """σ = sqrt((1 − ᾱ)/ᾱ) at (fractional) steps ``u``: exact on a path (inf where α = 0)."""
+        if self.path is None:
+            from ddkit.sampling.spacing import t_to_sigma
+
+            return t_to_sigma(np.asarray(u, dtype=np.float64), self.alphas_cumprod)
+        a, s = self.path.alpha_sigma(np.asarray(self.time_of_index(u)))
+        with np.errstate(divide="ignore"):
+            return np.asarray(s / a, dtype=np.float64)
+
+    def _path_alpha_bar(self, t: Step, like: Tensor | None) -> Coef:
+        assert self.path is not None
+        if isinstance(t, Tensor):
+            a, s = self.path.alpha_sigma(np.asarray(self.time_of_index(t.detach().cpu().double().numpy())))
+            ab = torch.from_numpy(np.asarray(a * a / (a * a + s * s), dtype=np.float64)).to(t.device)
+            ref = like if like is not None else ab
+            return ab.to(ref.dtype).reshape(-1, *([1] * (ref.ndim - 1)))
+        a, s = self.path.alpha_sigma(np.array([self.time_of_index(float(t))]))
+        return float(a[0] ** 2 / (a[0] ** 2 + s[0] ** 2))
+
+    def scale(self, t: Step, like: Tensor) -> Coef:
+        """sqrt(α² + σ²) at step ``t``: the path's x_t is this times the chain's x (1 off a path)."""
+        if self.path is None:
+            return 1.0
+        if type(t) is int:
+            floats = self._scale_floats
+            if floats is None:
+                a, s = self.path.alpha_sigma(np.asarray(self.times))
+                floats = self._scale_floats = np.sqrt(a * a + s * s).tolist()
+            return floats[t]
+        raw = t.detach().cpu().double().numpy() if isinstance(t, Tensor) else float(t)
+        a, s = self.path.alpha_sigma(np.atleast_1d(np.asarray(self.time_of_index(raw))))
+        values = np.sqrt(a * a + s * s)
+        if isinstance(t, Tensor) and t.ndim > 0:
+            out = torch.from_numpy(values).to(device=like.device, dtype=like.dtype)
+            return out.reshape(-1, *([1] * (like.ndim - 1)))
+        return float(values[0])
+
+    def path_coefs(self, t: Step, like: Tensor) -> tuple[Coef, Coef, Coef, Coef]:
+        """(α, σ, dα/dt, dσ/dt) at step ``t`` of a path, as floats or tensors shaped [B, 1, ...]."""
+        if self.path is None:
+            raise ValueError("a discrete chain has no time derivative; use a continuous path")
+        raw = t.detach().cpu().double().numpy() if isinstance(t, Tensor) else float(t)
+        times = np.atleast_1d(np.asarray(self.time_of_index(raw)))
+        a, s = self.path.alpha_sigma(times)
+        da, ds = self.path.derivatives(times)
+        if isinstance(t, Tensor) and t.ndim > 0:
+            shape = (-1, *([1] * (like.ndim - 1)))
+            return tuple(  # type: ignore[return-value]
+                torch.from_numpy(np.asarray(v, dtype=np.float64)).to(like.device, like.dtype).reshape(shape)
+                for v in (a, s, da, ds)
+            )
+        return float(a[0]), float(s[0]), float(da[0]), float(ds[0])
 
     # -- forward process and posterior --------------------------------------------------
 
@@ -333,6 +478,11 @@ class GaussianProcess:
         """Draw x_t ~ q(x_t | x_0) with the given standard normal ``noise``."""
         if noise.shape != x0.shape:
             raise ValueError(f"noise shape {tuple(noise.shape)} differs from x0 shape {tuple(x0.shape)}")
+        if _fractional(t):
+            ab = self.alpha_bar(t, x0)
+            if isinstance(ab, Tensor):
+                return ab.sqrt() * x0 + (1.0 - ab).sqrt() * noise
+            return combine(float(np.sqrt(ab)), x0, float(np.sqrt(1.0 - ab)), noise)
         return combine(
             self.coef("sqrt_alphas_cumprod", t, x0),
             x0,

@@ -9,7 +9,7 @@ plain data (tensors and numbers) for ``torch.load(weights_only=True)``. Under
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,7 +18,17 @@ from torch import Tensor
 
 from ddkit.errors import ConfigError
 
-__all__ = ["LossSecondMomentResampler", "UniformResampler", "gather_losses"]
+if TYPE_CHECKING:
+    from ddkit.diffusion.process import GaussianProcess
+
+__all__ = [
+    "LogNormalResampler",
+    "LogitNormalResampler",
+    "LossSecondMomentResampler",
+    "UniformResampler",
+    "gather_losses",
+    "to_chain_steps",
+]
 
 
 def _check_timesteps(timesteps: object) -> int:
@@ -198,3 +208,108 @@ class LossSecondMomentResampler:
             f"LossSecondMomentResampler(timesteps={self.timesteps}, "
             f"history_per_term={self.history_per_term}, uniform_prob={self.uniform_prob})"
         )
+
+
+def _finite(name: str, value: object, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+        raise ConfigError(f"'{name}' must be a finite number (got {value!r})")
+    if positive and value <= 0:
+        raise ConfigError(f"'{name}' must be > 0 (got {value!r})")
+    return float(value)
+
+
+class _ContinuousResampler:
+    """Draws continuous noise levels with unit weights; ``space`` says what they measure.
+
+    ``"time"``: a fraction of the path's time range (t itself on ``rectified-flow``); ``"sigma"``:
+    the noise level σ = sqrt((1 − ᾱ)/ᾱ). :func:`to_chain_steps` turns either into the chain's
+    fractional steps, on a path exactly.
+    """
+
+    space: str = "time"
+
+    def __init__(self, mean: float, std: float) -> None:
+        self.mean = _finite("mean", mean)
+        self.std = _finite("std", std, positive=True)
+
+    def _normal(self, batch_size: int, generator: torch.Generator | None) -> Tensor:
+        where = generator.device if generator is not None else torch.device("cpu")
+        return torch.randn(batch_size, generator=generator, device=where, dtype=torch.float64) * self.std + self.mean
+
+    def update(self, t: Tensor, losses: Tensor) -> None:
+        """Nothing to learn: the density is fixed."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if float(state["mean"]) != self.mean or float(state["std"]) != self.std:
+            raise ValueError(
+                f"state is for mean={state['mean']}, std={state['std']}; this resampler has "
+                f"mean={self.mean}, std={self.std}"
+            )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mean={self.mean}, std={self.std})"
+
+
+class LogitNormalResampler(_ContinuousResampler):
+    """t = sigmoid(u), u ~ N(``mean``, ``std``²): SD3's density over the path's time (Esser et al. 2024).
+
+    .. versionadded:: 0.2.0
+    """
+
+    space = "time"
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0) -> None:
+        super().__init__(mean, std)
+
+    def sample(
+        self, batch_size: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``batch_size`` times in (0, 1) and unit weights."""
+        t = torch.sigmoid(self._normal(batch_size, generator))
+        return t.to(device), torch.ones(batch_size, device=device)
+
+
+class LogNormalResampler(_ContinuousResampler):
+    """ln σ ~ N(``mean``, ``std``²): EDM's training density over noise levels (Karras et al. 2022).
+
+    .. versionadded:: 0.2.0
+    """
+
+    space = "sigma"
+
+    def __init__(self, mean: float = -1.2, std: float = 1.2) -> None:
+        super().__init__(mean, std)
+
+    def sample(
+        self, batch_size: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``batch_size`` noise levels σ and unit weights."""
+        sigma = torch.exp(self._normal(batch_size, generator))
+        return sigma.to(device), torch.ones(batch_size, device=device)
+
+
+def to_chain_steps(process: GaussianProcess, resampler: object, t: Tensor) -> Tensor:
+    """A resampler's draws as steps of ``process``: long steps as they are, continuous ones converted.
+
+    ``"time"`` draws are fractions of the path's time range (on a discrete chain: the
+    :class:`~ddkit.protocols.Schedule` convention, step i at (i + 1)/T); ``"sigma"`` draws are
+    σ = sqrt((1 − ᾱ)/ᾱ). The result is float (fractional steps) for continuous draws.
+    """
+    space = getattr(resampler, "space", "index")
+    if space == "index" or not t.is_floating_point():
+        return t
+    values = t.detach().cpu().double().numpy()
+    if space == "time":
+        if process.path is not None:
+            steps = process.index_of_time(values * process.path.t_max)
+        else:
+            steps = values * process.num_timesteps - 1.0
+    elif space == "sigma":
+        steps = process.index_of_sigma(values)
+    else:
+        raise ConfigError(f"resampler {resampler!r} draws in unknown space {space!r}; use 'time' or 'sigma'")
+    steps = np.clip(steps, -1.0 if process.path is not None else 0.0, process.num_timesteps - 1)
+    return torch.from_numpy(np.asarray(steps, dtype=np.float64)).to(t.device)

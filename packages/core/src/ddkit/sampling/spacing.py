@@ -26,10 +26,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ddkit.diffusion.respace import space_timesteps
+
+if TYPE_CHECKING:
+    from ddkit.diffusion.process import GaussianProcess
 
 __all__ = [
     "SPACINGS",
@@ -39,6 +43,7 @@ __all__ = [
     "discrete_timesteps",
     "karras_sigmas",
     "last_timestep_above",
+    "path_levels",
     "sigma_to_t",
     "sigmas_of",
     "t_to_sigma",
@@ -47,8 +52,9 @@ __all__ = [
 #: The named spacings (a respacing string or an explicit list of timesteps is also a spacing).
 SPACINGS: tuple[str, ...] = ("ddim", "sections", "linspace", "leading", "trailing", "karras", "logsnr")
 
-#: A spacing: a name from :data:`SPACINGS`, a guided-diffusion respacing string, or timesteps.
-Spacing = str | Sequence[int]
+#: A spacing: a name from :data:`SPACINGS`, a guided-diffusion respacing string, or explicit levels
+#: (training timesteps on a discrete chain; path times, t or σ on `edm`, on a continuous path).
+Spacing = str | Sequence[int | float]
 
 _SECTION_STRING = re.compile(r"^(ddim\d+|\d+(,\d+)*)$")
 #: The ᾱ a continuous sampler uses for a step with ᾱ = 0 (zero terminal SNR, σ = ∞ there), as
@@ -81,11 +87,14 @@ def check_spacing(spacing: object, steps: int | None) -> None:
     if isinstance(spacing, Sequence) and not isinstance(spacing, bytes):
         values = list(spacing)
         if not values or not all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values
         ):
             raise TypeError(
-                f"an explicit 'spacing' must be a non-empty list of int timesteps (got {spacing!r})"
+                "an explicit 'spacing' must be a non-empty list of levels: int training timesteps on a "
+                f"discrete chain, path times (t, or σ on 'edm') on a continuous path (got {spacing!r})"
             )
+        if not all(np.isfinite(float(v)) for v in values):
+            raise ValueError(f"explicit levels must be finite (got {values})")
         if min(values) < 0:
             raise ValueError(f"explicit timesteps must be >= 0 (got {min(values)})")
         if len(set(values)) != len(values):
@@ -166,6 +175,30 @@ def _grid(spacing: str, steps: int, num_timesteps: int, last: int | None = None)
     return np.arange(top, 0, -num_timesteps / steps).round() - 1
 
 
+def _integer_levels(spacing: Sequence[int | float]) -> list[int]:
+    """An explicit list of training timesteps (a discrete chain's levels), refusing fractional ones."""
+    values = [float(v) for v in spacing]
+    bad = [v for v in values if not v.is_integer()]
+    if bad:
+        raise ValueError(
+            f"explicit levels on a discrete chain are training timesteps, ints (got {bad[0]!r}); fractional "
+            "levels are path times and need a continuous path such as 'rectified-flow' or 'edm'"
+        )
+    return [int(v) for v in values]
+
+
+def path_levels(spacing: Sequence[int | float]) -> np.ndarray:
+    """An explicit list of path times, descending, without a trailing t = 0 (the end every sampler reaches)."""
+    times = np.array(sorted((float(v) for v in spacing), reverse=True), dtype=np.float64)
+    while times.size > 1 and times[-1] == 0.0:
+        times = times[:-1]
+    if times.size == 0 or times[-1] <= 0.0:
+        raise ValueError(f"explicit path times must include at least one level above t = 0 (got {list(spacing)})")
+    if np.unique(times).size != times.size:
+        raise ValueError(f"explicit path times must not repeat (got {list(spacing)})")
+    return times
+
+
 def discrete_timesteps(
     spacing: Spacing, steps: int | None, alphas_cumprod: np.ndarray, *, default: str = "sections"
 ) -> list[int]:
@@ -177,7 +210,7 @@ def discrete_timesteps(
     """
     num_timesteps = int(np.asarray(alphas_cumprod).shape[0])
     if not isinstance(spacing, str):
-        values = sorted(int(v) for v in spacing)
+        values = sorted(_integer_levels(spacing))
         if values[-1] >= num_timesteps:
             raise ValueError(f"explicit timesteps must be < T = {num_timesteps} (got {values[-1]})")
         return values
@@ -203,6 +236,7 @@ def continuous_schedule(
     *,
     drop_last: bool = False,
     last_timestep: int | None = None,
+    process: GaussianProcess | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Noise levels and training timesteps (both descending, ``steps`` each) a continuous sampler visits.
 
@@ -210,12 +244,19 @@ def continuous_schedule(
     ``steps + 1`` points and drops the one at t = 0, for solvers whose last step lands
     directly on σ = 0 without evaluating there (diffusers' DPM-Solver grids);
     ``last_timestep`` caps the grid's top (diffusers' ``lambda_min_clipped``).
+
+    With a ``process`` on a continuous path, σ and the fractional steps of every spacing come
+    from the path's closed form, and an explicit list holds path times (t; σ on ``edm``).
     """
+    if process is not None and process.path is not None:
+        return _path_schedule(
+            spacing, steps, process, drop_last=drop_last, last_timestep=last_timestep
+        )
     ac = np.asarray(alphas_cumprod, dtype=np.float64)
     num_timesteps = int(ac.shape[0])
     top = num_timesteps if last_timestep is None else int(last_timestep)
     if not isinstance(spacing, str):
-        t = np.array(sorted((int(v) for v in spacing), reverse=True), dtype=np.float64)
+        t = np.array(sorted(_integer_levels(spacing), reverse=True), dtype=np.float64)
         if t[0] >= num_timesteps:
             raise ValueError(f"explicit timesteps must be < T = {num_timesteps} (got {int(t[0])})")
         return sigmas_of(ac)[t.astype(np.int64)], t
@@ -248,3 +289,21 @@ def continuous_schedule(
     if drop_last:
         sig = sig[:-1]
     return sig, sigma_to_t(sig, ac)
+
+
+def _path_schedule(
+    spacing: Spacing, steps: int, process: GaussianProcess, *, drop_last: bool, last_timestep: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`continuous_schedule` on a path: exact σ at every step, explicit lists in path time."""
+    if not isinstance(spacing, str):
+        times = path_levels(spacing)
+        steps_of = process.index_of_time(times)
+        a, s = process.path.alpha_sigma(times)  # type: ignore[union-attr]
+        with np.errstate(divide="ignore"):
+            return np.asarray(s / a, dtype=np.float64), np.asarray(steps_of, dtype=np.float64)
+    sig, t = continuous_schedule(
+        spacing, steps, process.alphas_cumprod, drop_last=drop_last, last_timestep=last_timestep
+    )
+    if spacing in ("karras", "logsnr"):
+        return sig, process.index_of_sigma(sig)
+    return process.sigma_of_index(t), t
