@@ -406,3 +406,34 @@ class SamplerConformance:
             assert abs(got_std[d] / std[d] - 1.0) < self.std_tolerance, (
                 f"dim {d}: the samples' std is {got_std[d]:.4f}, the data's {std[d]} ({hint})"
             )
+
+    def test_image_to_image_starts_part_way_and_stays_on_the_data(self) -> None:
+        mean, std = (0.5, -0.3), (1.0, 0.5)
+        denoiser = self._model(mean=mean, std=std).denoiser(self._process())
+        sampler = self._build(self.accuracy_steps)
+        g = torch.Generator().manual_seed(0)
+        x_T = torch.randn(4000, 2, generator=g, dtype=torch.float64)
+        init = torch.tensor(mean, dtype=torch.float64) + torch.tensor(std, dtype=torch.float64) * torch.randn(
+            4000, 2, generator=g, dtype=torch.float64
+        )
+        full = self._run(sampler, denoiser, x_T, torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            part = list(
+                sampler.iterate(
+                    denoiser, x_T, generator=torch.Generator().manual_seed(1), init=init, strength=0.5
+                )
+            )
+        assert 0 < len(part) < len(full), (
+            f"strength=0.5 ran {len(part)} of {len(full)} steps; it must run a part of them, at least one"
+        )
+        assert [s.step for s in part] == list(range(len(part))), "image-to-image steps must count from 0"
+        out = part[-1].x
+        assert out.shape == x_T.shape and torch.isfinite(out).all()
+        got_mean, got_std = out.mean(0).tolist(), out.std(0).tolist()
+        for d in range(2):
+            assert abs(got_mean[d] - mean[d]) < 2 * self.mean_tolerance, (
+                f"dim {d}: image-to-image from data moved the mean to {got_mean[d]:.4f} (data: {mean[d]})"
+            )
+            assert abs(got_std[d] / std[d] - 1.0) < 2 * self.std_tolerance, (
+                f"dim {d}: image-to-image from data moved the std to {got_std[d]:.4f} (data: {std[d]})"
+            )
