@@ -99,16 +99,18 @@ def run(args: argparse.Namespace) -> int:
     """
     import torch
 
+    from ddkit.cli._checks import check_device, check_positive
     from ddkit.cli.sample import class_labels, draw, grid_image, to_uint8
     from ddkit.data import SHAPES
     from ddkit.pipeline import Pipeline
     from ddkit.training import Trainer
 
+    check_positive("--per-class", args.per_class)
+    device = check_device(args.device) or torch.device("cpu")
     fast = bool(args.fast) or _env_fast()
     cfg = config(fast)
     out = Path(args.out)
     train_dir = out / ("train-fast" if fast else "train")
-    device = torch.device(args.device or "cpu")
     started = time.perf_counter()
     mode = "fast demo (checks that everything runs; too short to learn the shapes)" if fast else "demo"
     print(f"ddkit {mode}: {_CLASSES} classes of {_SIZE}x{_SIZE} shapes ({', '.join(SHAPES[:_CLASSES])})")
@@ -126,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     saved = pipe.save(out / "pipeline").parent
     trained = time.perf_counter() - started
 
-    per_class = max(1, int(args.per_class))
+    per_class = int(args.per_class)
     n = per_class * _CLASSES
     scale = cfg["guidance"][0]["scale"]
     print(

@@ -250,14 +250,20 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from ddkit.cli._checks import IMAGE_SUFFIXES, check_device, check_output_path, check_positive
     from ddkit.errors import ConfigError
     from ddkit.pipeline import Pipeline
     from ddkit.training import distributed
 
+    # Everything the command line can get wrong, before loading, let alone sampling.
     if args.out is None and args.npz is None:
         raise ConfigError("nothing to write: give --out GRID.png and/or --npz OUT.npz")
-    if args.n < 1:
-        raise ConfigError(f"--n must be a positive number of samples (got {args.n})")
+    check_positive("--n", args.n)
+    check_positive("--batch-size", args.batch_size)
+    check_positive("--steps", args.steps)
+    check_output_path("--out", args.out, IMAGE_SUFFIXES)
+    check_output_path("--npz", args.npz, (".npz",))
+    chosen_device = check_device(args.device)
     pipe = Pipeline.load(find_pipeline(args.pipeline))
     pipe = _apply_overrides(pipe, args)
     if args.no_ema:
@@ -273,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
 
     distributed.init_from_env()
     rank, world = distributed.rank(), distributed.world_size()
-    device = torch.device(args.device) if args.device else distributed.default_device()
+    device = chosen_device if chosen_device is not None else distributed.default_device()
     pipe.to(device)
     lo, hi = args.n * rank // world, args.n * (rank + 1) // world
     x = draw(
