@@ -106,10 +106,29 @@ class NoiseSchedule:
 # -- building blocks --------------------------------------------------------------------
 
 
+#: The most training steps a schedule may have: far above the 1000–4000 diffusion models use, and
+#: low enough that building one (and its float64 tables) takes well under a second.
+MAX_TIMESTEPS = 100_000
+
+
 def _check_timesteps(timesteps: object, minimum: int = 1) -> int:
     if isinstance(timesteps, bool) or not isinstance(timesteps, int | np.integer) or timesteps < minimum:
         raise ConfigError(f"'timesteps' must be an int >= {minimum} (got {timesteps!r})")
+    if timesteps > MAX_TIMESTEPS:
+        raise ConfigError(
+            f"'timesteps' must be at most {MAX_TIMESTEPS} (got {timesteps!r}); diffusion models use "
+            "1000 to 4000 training steps, and samplers take fewer with 'steps'"
+        )
     return int(timesteps)
+
+
+def _check_finite(**values: object) -> None:
+    """Refuse a NaN, an infinity or a non-number among a schedule's float parameters (by name)."""
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+            raise ConfigError(f"'{key}' must be a number (got {value!r})")
+        if not math.isfinite(float(value)):
+            raise ConfigError(f"'{key}' must be a finite number (got {value!r})")
 
 
 def betas_for_alpha_bar(
@@ -165,6 +184,7 @@ def linear(
 ) -> NoiseSchedule:
     """Ho et al. 2020's linear betas, scaled by 1000 / T so any T matches T = 1000 (guided-diffusion)."""
     t = _check_timesteps(timesteps)
+    _check_finite(beta_start=beta_start, beta_end=beta_end)
     scale = 1000 / t
     betas = np.linspace(scale * beta_start, scale * beta_end, t, dtype=np.float64)
     hint = (
@@ -179,8 +199,11 @@ def cosine(
 ) -> NoiseSchedule:
     """Nichol & Dhariwal 2021: ᾱ(t) = cos²((t + s) / (1 + s) · π/2), betas capped at ``max_beta``."""
     t = _check_timesteps(timesteps)
+    _check_finite(s=s, max_beta=max_beta)
     if not 0 < max_beta <= 1:
         raise ConfigError(f"'max_beta' must lie in (0, 1] (got {max_beta!r})")
+    if not 0 <= s < 1:
+        raise ConfigError(f"'s' must lie in [0, 1) (got {s!r}); Nichol & Dhariwal use s = 0.008")
 
     def alpha_bar(u: float) -> float:
         return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
@@ -200,6 +223,7 @@ def scaled_linear(
 ) -> NoiseSchedule:
     """Latent diffusion's schedule (Rombach et al. 2022): betas linear in sqrt space, not rescaled by T."""
     t = _check_timesteps(timesteps)
+    _check_finite(beta_start=beta_start, beta_end=beta_end)
     if beta_start < 0 or beta_end < 0:
         raise ConfigError(f"'beta_start' and 'beta_end' must be >= 0 (got {beta_start!r}, {beta_end!r})")
     betas = np.linspace(math.sqrt(beta_start), math.sqrt(beta_end), t, dtype=np.float64) ** 2
@@ -225,12 +249,20 @@ def sigmoid(
     at ``clip_min``; the betas are capped at ``max_beta``.
     """
     t = _check_timesteps(timesteps)
+    _check_finite(start=start, end=end, tau=tau, clip_min=clip_min, max_beta=max_beta)
+    if not 0 < max_beta <= 1:
+        raise ConfigError(f"'max_beta' must lie in (0, 1] (got {max_beta!r})")
     if not end > start:
         raise ConfigError(f"'end' must exceed 'start' (got start={start!r}, end={end!r})")
     if not tau > 0:
         raise ConfigError(f"'tau' must be > 0 (got {tau!r})")
     if not 0 < clip_min < 1:
         raise ConfigError(f"'clip_min' must lie in (0, 1) (got {clip_min!r})")
+    if max(abs(start), abs(end)) / tau > 700:
+        raise ConfigError(
+            f"'start' and 'end' divided by 'tau' must lie within ±700, where exp() overflows (got "
+            f"start={start!r}, end={end!r}, tau={tau!r}); the defaults are -3, 3 and 1"
+        )
 
     def sig(x: float) -> float:
         return 1.0 / (1.0 + math.exp(-x))
