@@ -45,6 +45,7 @@ __all__ = [
     "is_object_marker",
     "object_marker",
     "parse_config",
+    "recorded_providers",
 ]
 
 #: The top-level tables a config may have, in the order they are written.
@@ -195,6 +196,27 @@ def registry_factory(kind: str, name: str) -> Callable[..., Any]:
     from ddkit.registry import get_registry
 
     return get_registry().resolve(kind, name).load()
+
+
+def recorded_providers(provenance: Mapping[str, Any]) -> dict[tuple[str, str], str]:
+    """``(kind, name) -> distribution`` from a saved pipeline's ``[provenance]`` table.
+
+    Loading under these pins (:func:`ddkit.registry.pinned_providers`) rebuilds each part from
+    the distribution that provided it when saved, whatever else registers the same name now.
+    Entries without a distribution (older saves) are left to ordinary lookup.
+    """
+    pins: dict[tuple[str, str], str] = {}
+    if not isinstance(provenance, Mapping):
+        return pins
+    for section, kind in PART_KINDS.items():
+        value = provenance.get(section)
+        for record in value if isinstance(value, list) else [value]:
+            if not isinstance(record, Mapping):
+                continue
+            name, dist = record.get("name"), record.get("distribution")
+            if isinstance(name, str) and ":" not in name and isinstance(dist, str) and dist.strip():
+                pins[(kind, name)] = dist
+    return pins
 
 
 def _signature(factory: Callable[..., Any]) -> inspect.Signature | None:
