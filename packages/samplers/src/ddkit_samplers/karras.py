@@ -70,7 +70,7 @@ class _Karras(SamplerBase):
     def _churn_init(self, s_churn: object, s_tmin: object, s_tmax: object, s_noise: object) -> None:
         self.s_churn = real("s_churn", s_churn, low=0.0)
         self.s_tmin = real("s_tmin", s_tmin, low=0.0)
-        self.s_tmax = real("s_tmax", s_tmax, low=0.0)
+        self.s_tmax = real("s_tmax", s_tmax, low=0.0, allow_inf=True)
         self.s_noise = real("s_noise", s_noise, low=0.0)
         if self.s_tmin > self.s_tmax:
             raise ValueError(f"'s_tmin' ({self.s_tmin}) must not exceed 's_tmax' ({self.s_tmax})")

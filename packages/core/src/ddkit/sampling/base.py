@@ -33,9 +33,10 @@ from torch import Tensor
 from ddkit.denoiser import Denoiser
 from ddkit.denoiser import dynamic_threshold as dynamic_threshold_fn
 from ddkit.diffusion.process import GaussianProcess
-from ddkit.errors import CompositionError
+from ddkit.errors import CompositionError, DdkitError, InputError, InputTypeError, NonFiniteError
 from ddkit.protocols import Generator, SamplerState
-from ddkit.sampling.noise import check_generator, randn
+from ddkit.sampling.inputs import check_final, check_start
+from ddkit.sampling.noise import randn
 from ddkit.sampling.spacing import (
     Spacing,
     check_spacing,
@@ -84,25 +85,38 @@ def _lambda_of(alpha_bar: float) -> float:
 
 
 def positive_int(name: str, value: object, *, allow_none: bool = False) -> int | None:
-    """``value`` if it is a positive int (or None when allowed), else a ``TypeError``/``ValueError``."""
+    """``value`` if it is a positive int (or None when allowed), else an ``InputTypeError``/``InputError``."""
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"'{name}' must be a positive int (got {value!r})")
+        raise InputTypeError(f"'{name}' must be a positive int (got {value!r})")
     if value < 1:
-        raise ValueError(f"'{name}' must be a positive int (got {value!r})")
+        raise InputError(f"'{name}' must be a positive int (got {value!r})")
     return value
 
 
-def real(name: str, value: object, *, low: float | None = None, high: float | None = None) -> float:
-    """``value`` as a float if it is a real number within [low, high], else a clear error."""
+def real(
+    name: str,
+    value: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    allow_inf: bool = False,
+) -> float:
+    """``value`` as a float if it is a finite real number within [low, high], else a ddkit error.
+
+    NaN is always refused, infinity unless ``allow_inf`` (a bound such as ``s_tmax`` may be
+    infinite; a noise scale may not), so no sampler parameter can turn samples into NaN.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"'{name}' must be a number (got {value!r})")
+        raise InputTypeError(f"'{name}' must be a number (got {value!r})")
     v = float(value)
-    if math.isnan(v) or (low is not None and v < low) or (high is not None and v > high):
+    if math.isnan(v) or (math.isinf(v) and not allow_inf):
+        raise NonFiniteError(f"'{name}' must be a finite number (got {value!r})")
+    if (low is not None and v < low) or (high is not None and v > high):
         lo = "-inf" if low is None else f"{low:g}"
         hi = "inf" if high is None else f"{high:g}"
-        raise ValueError(f"'{name}' must lie in [{lo}, {hi}] (got {value!r})")
+        raise InputError(f"'{name}' must lie in [{lo}, {hi}] (got {value!r})")
     return v
 
 
@@ -344,8 +358,17 @@ class SamplerBase:
     # -- the protocol ----------------------------------------------------------------------
 
     def check(self, denoiser: Denoiser) -> None:
-        """Raise :class:`ddkit.CompositionError` for a denoiser this sampler cannot run."""
-        self._checked_plan(denoiser)
+        """Raise :class:`ddkit.CompositionError` for a denoiser this sampler cannot run.
+
+        A plan that cannot be made on this chain (more steps than the schedule has) is one too.
+        """
+        try:
+            self._checked_plan(denoiser)
+        except ValueError as exc:
+            if isinstance(exc, DdkitError):
+                raise
+            raise CompositionError(_named(f"sampler {self.name!r}", exc)) from exc
+
 
     def _checked_plan(self, denoiser: Denoiser) -> Plan:
         """:meth:`_plan` after the checks every sampler shares (one plan per sampling call)."""
@@ -449,14 +472,7 @@ class SamplerBase:
     def _start(
         self, plan: Plan, x_T: Tensor, generator: Generator, init: Tensor | None, strength: float | None
     ) -> tuple[Tensor, int]:
-        if not isinstance(x_T, Tensor) or not x_T.is_floating_point():
-            raise TypeError(f"x_T must be a floating-point tensor (got {type(x_T).__name__})")
-        if x_T.ndim < 2:
-            raise ValueError(
-                f"x_T must have a batch and a channel dimension, shape [B, C, ...] (got {tuple(x_T.shape)}); "
-                "for scalar data use shape [B, 1]"
-            )
-        check_generator(generator, x_T.shape[0])
+        x_T = check_start(plan.denoiser, x_T, generator)  # before any work: see ddkit.sampling.inputs
         if init is None:
             if strength is not None:
                 raise ValueError("'strength' needs 'init', the image to start from")
@@ -535,6 +551,7 @@ class SamplerBase:
                         return
                     if blend is not None:
                         state.x = blend(state.x, plan.alpha_bars[start + state.step + 1], run)
+                check_final(self.name, state, plan.steps - start)  # one isfinite, after the last step
                 self.last_nfe = d.nfe
                 if callback is not None:
                     callback(state)
@@ -549,6 +566,11 @@ class SamplerBase:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(steps={self.steps!r}, spacing={self.spacing!r})"
+
+
+def _named(label: str, exc: Exception) -> str:
+    message = str(exc)
+    return message if message.startswith(label) else f"{label}: {message}"
 
 
 def _compose(
