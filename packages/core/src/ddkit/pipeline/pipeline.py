@@ -477,12 +477,10 @@ class Pipeline:
         return torch.stack(draws)
 
     def _start(self, n: int | None, x_T: Tensor | None, generator: Generator) -> tuple[int, Tensor]:
-        if x_T is not None:
-            if n is not None and x_T.shape[0] != n:
-                raise ValueError(f"x_T holds {x_T.shape[0]} samples but n={n}")
-            return x_T.shape[0], x_T.to(self.device)
-        if n is None:
-            raise ValueError("give n, the number of samples, or x_T")
+        # Before any work: n, x_T (NumPy and float64 taken), its shape and the generator.
+        n, x = checks.check_sampling_start(n, x_T, generator, self.sampling_model, self.sample_shape)
+        if x is not None:
+            return n, x.to(self.device)
         return n, self.noise(n, generator=generator)
 
     @contextlib.contextmanager
@@ -586,6 +584,9 @@ class Pipeline:
         """
         from ddkit.diffusion.losses import training_losses
 
+        checks.check_loss_inputs(
+            self.process, x0, t, noise, self.spec, self._titles["model"], self.sample_shape
+        )
         B = x0.shape[0]
         device = generator.device if generator is not None else x0.device
         if t is None:
