@@ -30,6 +30,7 @@ PACKAGES = {
     "samplers": "ddkit-samplers",
     "models": "ddkit-models",
     "guidance": "ddkit-guidance",
+    "diffusers": "ddkit-diffusers",
 }
 DEV = ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100"]
 LINT = ["ruff==0.17.6", "import-linter==2.16"]
@@ -89,7 +90,22 @@ def _package_session(package: str) -> None:
 
 
 for _package in PACKAGES:
-    _package_session(_package)
+    if _package != "diffusers":  # tests-diffusers is defined below
+        _package_session(_package)
+
+
+@nox.session(name="tests-diffusers")
+def tests_diffusers(session: nox.Session) -> None:
+    """packages/diffusers/tests and tests/parity/test_diffusers_*.py, without ddkit-models.
+
+    ``from_diffusers`` builds pipelines whose samplers and guidance are registered by
+    ddkit-samplers and ddkit-guidance, so those two are installed beside ddkit-core and
+    ddkit-diffusers (which pulls diffusers itself); ddkit-models is left out, so nothing
+    here can lean on it.
+    """
+    install(session, "diffusers", "samplers", "guidance", extra=DEV)
+    parity = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests" / "parity").glob("test_diffusers_*.py"))
+    pytest(session, "packages/diffusers/tests", *parity)
 
 
 @nox.session
