@@ -14,10 +14,27 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PIPELINE_SUBDIR", "add_arguments", "run", "trainer_options"]
+__all__ = ["PIPELINE_SUBDIR", "add_arguments", "run", "sample_command", "trainer_options"]
 
 #: Where ``ddkit train`` saves the trained pipeline inside ``--out``.
 PIPELINE_SUBDIR = "pipeline"
+#: Names other trainers use for a [train] key, and ddkit's name for it (difflib alone would
+#: suggest 'ema_rates' for 'learning_rate').
+_ALIASES = {
+    "learning_rate": "lr",
+    "learning-rate": "lr",
+    "lr_rate": "lr",
+    "epochs": "steps",
+    "max_steps": "steps",
+    "num_steps": "steps",
+    "train_steps": "steps",
+    "iterations": "steps",
+    "batch": "batch_size",
+    "bs": "batch_size",
+    "ema_rate": "ema_rates",
+    "ema_decay": "ema_rates",
+    "weight_decay_rate": "weight_decay",
+}
 #: Trainer keywords the command sets itself; a config may not.
 _SET_BY_COMMAND = ("pipeline", "data", "out_dir", "resume", "device", "progress")
 
@@ -65,7 +82,10 @@ def trainer_options(cfg: dict[str, Any], steps: int | None) -> tuple[dict[str, A
     problems = []
     for key in train:
         if key not in accepted:
-            close = difflib.get_close_matches(key, accepted, n=1)
+            alias = _ALIASES.get(str(key).lower())
+            close = (
+                [alias] if alias in (*accepted, "steps") else difflib.get_close_matches(key, accepted, n=1)
+            )
             hint = f"; did you mean {close[0]!r}?" if close else ""
             how = " (the command sets it)" if key in _SET_BY_COMMAND else ""
             problems.append(
@@ -98,9 +118,11 @@ def run(args: argparse.Namespace) -> int:
     training goes; --resume continues an interrupted run. Under torchrun (python -m torch.distributed.run
     --nproc_per_node=N -m ddkit train ...) each rank trains on its share and rank 0 writes.
     """
+    from ddkit.cli._checks import check_device
     from ddkit.pipeline import Pipeline, read_config
     from ddkit.training import Trainer, distributed
 
+    device = check_device(args.device)  # before reading data or building the model
     cfg = read_config(args.config)
     options, data, steps = trainer_options(cfg, args.steps)
     import torch
@@ -116,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         **options,
         out_dir=out,
         resume=args.resume,
-        device=args.device,
+        device=device,
         progress=not args.no_progress,
     )
     main = trainer.rank == 0
@@ -124,6 +146,14 @@ def run(args: argparse.Namespace) -> int:
     if main:
         saved = pipe.save(out / PIPELINE_SUBDIR)
         print(f"trained {steps} steps; pipeline saved to {saved.parent}")
-        print(f"sample from it with: ddkit sample {saved.parent} --n 64 --out grid.png")
+        print(f"sample from it with: {sample_command(saved.parent, pipe.sample_shape)}")
     distributed.barrier()
     return 0
+
+
+def sample_command(saved: Path, sample_shape: tuple[int, ...] | None) -> str:
+    """The ``ddkit sample`` line for a trained pipeline: a PNG grid for images, an .npz otherwise."""
+    is_image = sample_shape is not None and len(sample_shape) == 3 and sample_shape[0] in (1, 3, 4)
+    if is_image:
+        return f"ddkit sample {saved} --n 64 --out grid.png"
+    return f"ddkit sample {saved} --n 1000 --npz samples.npz"
