@@ -7,12 +7,12 @@ image-to-image and inpainting are core's own) are registered in-process on a fre
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 import torch
 from torch import Tensor, nn
 
@@ -208,7 +208,9 @@ class AffineAE(nn.Module):
         return self.shuffle.decode(z / self.gain)
 
 
-def test_an_autoencoder_object_is_frozen_and_its_weights_are_saved(registry: Registry, tmp_path: Path) -> None:
+def test_an_autoencoder_object_is_frozen_and_its_weights_are_saved(
+    registry: Registry, tmp_path: Path
+) -> None:
     ae = AffineAE()
     pipe = ddkit.Pipeline.from_config(config(autoencoder=None), autoencoder=ae)
     assert pipe.autoencoder is ae
@@ -232,7 +234,7 @@ def test_an_autoencoder_object_is_frozen_and_its_weights_are_saved(registry: Reg
     # A damaged autoencoder file is caught by its hash.
     path = tmp_path / "p" / "autoencoder.safetensors"
     path.write_bytes(path.read_bytes()[:-4] + b"\0\0\0\0")
-    with pytest.raises(ddkit.IntegrityError, match="autoencoder.safetensors"):
+    with pytest.raises(ddkit.IntegrityError, match=r"autoencoder\.safetensors"):
         ddkit.Pipeline.load(tmp_path / "p", autoencoder=AffineAE())
 
 

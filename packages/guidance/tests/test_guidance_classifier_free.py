@@ -98,8 +98,10 @@ def test_null_class_default_explicit_and_from_spec(process, param) -> None:
 
 def test_missing_null_class_fails_before_sampling(process, param) -> None:
     model = ClassNet(num_classes=None)
+    # ClassNet takes **extra, so other conditioning may carry the condition: named at the first call.
+    d = Denoiser(model, param, process, guidances=[ClassifierFreeGuidance(2.0)], conditioning={"y": Y})
     with pytest.raises(CompositionError, match="neither null_class nor num_classes; pass null_class="):
-        Denoiser(model, param, process, guidances=[ClassifierFreeGuidance(2.0)], conditioning={"y": Y})
+        d.model_output(make_x(), 5)
     assert model.calls == []
     with pytest.raises(CompositionError, match="null_class=9 is outside the model's labels"):
         Denoiser(

@@ -12,7 +12,7 @@ never knows which sampler runs it; guidance sees only the model call and predict
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -38,6 +38,7 @@ __all__ = [
     "SamplerState",
     "Schedule",
     "TimestepResampler",
+    "conditioning_keywords",
     "declares_spec",
     "model_spec",
 ]
@@ -72,6 +73,8 @@ class ModelSpec:
 
     ``None`` means "unknown": the check is skipped. ``null_class`` is the label index a
     model trained with condition dropout uses for "no class" (classifier-free guidance).
+    ``conditioning`` names the keywords besides ``y`` the model takes (``("encoder_hidden_states",)``;
+    ``()`` for none); :func:`model_spec` reads it from the model's call signature when not given.
     """
 
     in_channels: int | None = None
@@ -79,12 +82,17 @@ class ModelSpec:
     sample_shape: tuple[int, ...] | None = None
     num_classes: int | None = None
     null_class: int | None = None
+    conditioning: tuple[str, ...] | None = None
 
 
 def model_spec(model: object) -> ModelSpec:
     """Read a model's :class:`ModelSpec`: its ``spec`` attribute, else common attribute names."""
     spec = getattr(model, "spec", None)
     if isinstance(spec, ModelSpec):
+        if spec.conditioning is None:
+            keywords = conditioning_keywords(model)
+            if keywords is not None:
+                spec = replace(spec, conditioning=keywords)
         return spec
     return ModelSpec(
         in_channels=getattr(model, "in_channels", None),
@@ -92,7 +100,23 @@ def model_spec(model: object) -> ModelSpec:
         sample_shape=getattr(model, "sample_shape", None),
         num_classes=getattr(model, "num_classes", None),
         null_class=getattr(model, "null_class", None),
+        conditioning=conditioning_keywords(model),
     )
+
+
+def conditioning_keywords(model: object) -> tuple[str, ...] | None:
+    """The keywords besides ``x``, ``t`` and ``y`` that ``model`` takes; None if it takes ``**kwargs``."""
+    import inspect
+
+    fn = getattr(model, "forward", None) if isinstance(model, torch.nn.Module) else model
+    try:
+        params = list(inspect.signature(fn).parameters.values())  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    named = [p for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    return tuple(p.name for p in named[2:] if p.name != "y")
 
 
 def declares_spec(model: object) -> bool:

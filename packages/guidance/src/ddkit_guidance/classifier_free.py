@@ -218,9 +218,12 @@ class ClassifierFreeGuidance:
                 "labels) and no unconditional value is given; pass y=labels, or "
                 "uncond={'encoder_hidden_states': <its unconditional value>}"
             )
-        # Labels beside explicit null values, for a model without classes, steer another guidance.
-        if has_y and "y" not in nulls and not (nulls and spec.num_classes is None):
-            self.resolve_null_class(spec)
+        if has_y and "y" not in nulls:
+            # A model without classes that takes other conditioning gets their unconditional values
+            # from the parameter, the call or a learned null embedding; the labels steer another guidance.
+            other = nulls or spec.conditioning is None or bool(spec.conditioning)
+            if not (other and spec.num_classes is None and spec.null_class is None):
+                self.resolve_null_class(spec)
 
     def wrap_model(self, model: ModelFn, *, mean_channels: int) -> ModelFn:
         """The model call that runs [conditional; unconditional] as one batch and combines them."""

@@ -55,7 +55,7 @@ def freeze(autoencoder: Any) -> Any:
 def encode_to_latents(autoencoder: Any, x: Tensor) -> Tensor:
     """``(encode(x) - shift_factor) * scaling_factor``, without gradients."""
     with torch.no_grad():
-        z = autoencoder.encode(x)
+        z: Tensor = autoencoder.encode(x)
         shift = float(autoencoder.shift_factor)
         if shift != 0.0:
             z = z - shift
@@ -69,7 +69,8 @@ def decode_latents(autoencoder: Any, z: Tensor) -> Tensor:
         shift = float(autoencoder.shift_factor)
         if shift != 0.0:
             z = z + shift
-        return autoencoder.decode(z)
+        x: Tensor = autoencoder.decode(z)
+        return x
 
 
 def latent_mask(mask: Tensor, latent: Tensor) -> Tensor:
@@ -104,5 +105,5 @@ def latent_mask(mask: Tensor, latent: Tensor) -> Tensor:
         )
     kernel = tuple(s // t for s, t in zip(sizes, target))
     pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[spatial - 1]
-    out: Tensor = 1.0 - pool(1.0 - m, kernel_size=kernel)  # type: ignore[operator]
+    out: Tensor = 1.0 - pool(1.0 - m, kernel_size=kernel)
     return out.to(latent.dtype)

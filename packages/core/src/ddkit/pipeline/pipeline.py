@@ -75,6 +75,20 @@ def _autoencoder_title(titles: Mapping[str, Any] | None, autoencoder: Any) -> st
     return str(title) if title else f"autoencoder ({type(autoencoder).__name__})"
 
 
+def _unclipped_for_latents(part: Part) -> None:
+    """Latents are not bounded like pixels in [-1, 1]: no x_0 clipping unless the config asks for it."""
+    if part.name is None or "clip_denoised" in part.params:
+        return
+    import inspect
+
+    try:
+        accepted = inspect.signature(registry_factory(part.kind, part.name)).parameters
+    except (TypeError, ValueError):
+        return
+    if "clip_denoised" in accepted:
+        part.params["clip_denoised"] = False
+
+
 def _record_attributes(part: Part, obj: Any) -> None:
     """Write the values a part was built with back into its params, where they are plain values."""
     if part.name is None:
@@ -132,7 +146,8 @@ class Pipeline:
     ) -> None:
         self.model = model
         if autoencoder is not None:
-            latent.check_autoencoder(autoencoder, _autoencoder_title(titles, autoencoder))
+            title = _autoencoder_title(titles, autoencoder) or "the autoencoder"
+            latent.check_autoencoder(autoencoder, title)
             latent.freeze(autoencoder)
         self.autoencoder: Any = autoencoder
         self.schedule = schedule
@@ -210,6 +225,8 @@ class Pipeline:
         for part in parsed.all_parts():
             for key in part.injected:
                 part.injected[key] = timesteps
+        if "autoencoder" in parts:
+            _unclipped_for_latents(parts["parameterization"])
         param = _build(parts["parameterization"])
         _record_attributes(parts["parameterization"], param)
         sampler = _build(parts["sampler"])
@@ -359,15 +376,15 @@ class Pipeline:
 
     def _inputs(
         self, x: Tensor, init: Tensor | None, mask: Tensor | None, known: Tensor | None
-    ) -> dict[str, Tensor | None]:
-        """Image-to-image and inpainting inputs, given in data space, in the model's space."""
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """``(init, mask, known)`` for image-to-image and inpainting, given in data space, in the model's."""
         if self.autoencoder is None:
-            return {"init": init, "mask": mask, "known": known}
-        return {
-            "init": self.encode(init) if init is not None else None,
-            "known": self.encode(known) if known is not None else None,
-            "mask": latent.latent_mask(mask, x) if mask is not None else None,
-        }
+            return init, mask, known
+        return (
+            self.encode(init) if init is not None else None,
+            latent.latent_mask(mask, x) if mask is not None else None,
+            self.encode(known) if known is not None else None,
+        )
 
     # -- sampling ------------------------------------------------------------------------
 
@@ -514,9 +531,16 @@ class Pipeline:
         n, x = self._start(n, x_T, generator)
         denoiser = self._denoiser(n, conditioning)
         model = self.sampling_model
-        inputs = self._inputs(x, init, mask, known)
+        init, mask, known = self._inputs(x, init, mask, known)
         steps = self.sampler.iterate(
-            denoiser, x, generator=generator, progress=progress, strength=strength, **inputs
+            denoiser,
+            x,
+            generator=generator,
+            progress=progress,
+            init=init,
+            strength=strength,
+            mask=mask,
+            known=known,
         )
         with self._eval(model):
             while True:
@@ -555,10 +579,17 @@ class Pipeline:
         """
         n, x = self._start(n, x_T, generator)
         denoiser = self._denoiser(n, conditioning)
-        inputs = self._inputs(x, init, mask, known)
+        init, mask, known = self._inputs(x, init, mask, known)
         with self._eval(self.sampling_model), torch.no_grad():
             z = self.sampler.sample(
-                denoiser, x, generator=generator, progress=progress, strength=strength, **inputs
+                denoiser,
+                x,
+                generator=generator,
+                progress=progress,
+                init=init,
+                strength=strength,
+                mask=mask,
+                known=known,
             )
         return self.decode(z) if decode else z
 
