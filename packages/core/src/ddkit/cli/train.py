@@ -54,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", metavar="DEVICE", help="cpu, cuda or cuda:N (default: cuda when available)"
     )
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    parser.add_argument(
+        "--on-nonfinite",
+        choices=("stop", "skip"),
+        help="a NaN/inf loss or gradient: stop with an error naming the step (default), or skip the "
+        "batch (overrides [train] on_nonfinite)",
+    )
 
 
 def trainer_options(cfg: dict[str, Any], steps: int | None) -> tuple[dict[str, Any], Any, int]:
@@ -125,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
     device = check_device(args.device)  # before reading data or building the model
     cfg = read_config(args.config)
     options, data, steps = trainer_options(cfg, args.steps)
+    if getattr(args, "on_nonfinite", None) is not None:
+        options["on_nonfinite"] = args.on_nonfinite
     import torch
 
     # Initial weights follow from the config: [train] seed (default 0) seeds torch before building.
@@ -142,11 +150,14 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     main = trainer.rank == 0
-    trainer.train(steps)
-    if main:
-        saved = pipe.save(out / PIPELINE_SUBDIR)
-        print(f"trained {steps} steps; pipeline saved to {saved.parent}")
-        print(f"sample from it with: {sample_command(saved.parent, pipe.sample_shape)}")
+    try:
+        trainer.train(steps)
+        if main:  # still under the run directory's lock: no other trainer writes beside this save
+            saved = pipe.save(out / PIPELINE_SUBDIR)
+            print(f"trained {steps} steps; pipeline saved to {saved.parent}")
+            print(f"sample from it with: {sample_command(saved.parent, pipe.sample_shape)}")
+    finally:
+        trainer.close()
     distributed.barrier()
     return 0
 

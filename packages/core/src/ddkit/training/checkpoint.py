@@ -8,18 +8,24 @@ rename the previous checkpoints are untouched; only then are the oldest pruned d
 ``keep``. A directory whose manifest is missing or whose hashes do not match is not a
 checkpoint: :func:`verify_checkpoint` says which file is wrong.
 
+Rewriting a step that already has a checkpoint renames the old one aside before renaming the
+new one in (:func:`ddkit._atomic.replace_dir`); a kill between the two renames leaves both
+complete copies under ``.old-``/``.tmp-`` names, which :func:`recover_checkpoints` (run by a
+resuming trainer) puts back. Pruning renames every victim to a ``.trash-`` name before deleting
+it, so a kill mid-delete never leaves a half-deleted directory that looks like a checkpoint.
+
 Nothing here pickles code: weights go to safetensors, other state to ``torch.save`` of
 plain containers read back with ``weights_only=True``, metadata to JSON.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import re
-import secrets
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +36,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import Tensor
 
+from ddkit import _atomic
 from ddkit.errors import IntegrityError
 
 __all__ = [
@@ -40,7 +47,9 @@ __all__ = [
     "load_state",
     "load_tensors",
     "prune_checkpoints",
+    "recover_checkpoints",
     "state_bytes",
+    "stranded_checkpoints",
     "tensors_bytes",
     "verify_checkpoint",
     "write_checkpoint",
@@ -49,7 +58,7 @@ __all__ = [
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d{6,})$")
-_LEFTOVER = re.compile(r"^ckpt-\d{6,}\.(tmp|old)-[0-9a-f]+$")
+_LEFTOVER = re.compile(r"^(ckpt-\d{6,})\.(tmp|old|trash)-[0-9a-f]+$")
 
 
 def checkpoint_name(step: int) -> str:
@@ -88,19 +97,9 @@ def state_bytes(state: Any) -> bytes:
     return buf.getvalue()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    # One writer for every file of a checkpoint: fault-injection tests patch it here.
+    _atomic.write_file(path, data)
 
 
 def write_checkpoint(
@@ -116,39 +115,104 @@ def write_checkpoint(
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
-    tmp = root / f"{final.name}.tmp-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    entries: dict[str, dict[str, Any]] = {}
-    for name, data in files.items():
+    for name in files:
         if "/" in name or name.startswith("."):
             raise ValueError(f"checkpoint file names must be plain names (got {name!r})")
-        _write_file(tmp / name, data)
-        entries[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-    manifest = {"format": FORMAT_VERSION, "step": step, "files": entries, "meta": dict(meta or {})}
-    _write_file(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
-    _fsync_dir(tmp)
-    aside: Path | None = None
-    if final.exists():
-        aside = root / f"{final.name}.old-{secrets.token_hex(4)}"
-        os.replace(final, aside)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
+    tmp = _atomic.sibling(final, "tmp")
+    tmp.mkdir()
+    try:
+        entries: dict[str, dict[str, Any]] = {}
+        for name, data in files.items():
+            _write_file(tmp / name, data)
+            entries[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+            _atomic.fault_point("checkpoint:file")
+        manifest = {"format": FORMAT_VERSION, "step": step, "files": entries, "meta": dict(meta or {})}
+        _write_file(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        _atomic.fault_point("checkpoint:manifest")
+        _atomic.replace_dir(tmp, final)
+    except OSError:
+        # A full disk or an I/O error: the previous checkpoints are untouched; drop the partial one.
+        with contextlib.suppress(OSError):
+            _atomic.remove_dir(tmp)
+        raise
     return final
 
 
 def prune_checkpoints(out_dir: str | Path, keep: int) -> list[Path]:
-    """Delete all but the ``keep`` newest checkpoints and leftovers of interrupted writes; return them."""
+    """Delete all but the ``keep`` newest checkpoints and leftovers of interrupted writes; return them.
+
+    Every victim is first renamed to a ``.trash-`` name (one fsync of ``out_dir`` for all), then
+    deleted: a kill at any point leaves only complete checkpoints under checkpoint names. Only the
+    run holding ``out_dir`` (see :mod:`ddkit.training.lock`) may call this: a leftover ``.tmp-`` is
+    assumed dead.
+    """
     if keep < 1:
         raise ValueError(f"'keep' must be >= 1 (got {keep})")
     removed = [path for _, path in list_checkpoints(out_dir)[keep:]]
     root = Path(out_dir)
     if root.is_dir():
-        removed += [p for p in root.iterdir() if _LEFTOVER.match(p.name) and p.is_dir()]
+        removed += sorted(p for p in root.iterdir() if _LEFTOVER.match(p.name) and p.is_dir())
+    trash = []
     for path in removed:
+        m = _LEFTOVER.match(path.name)
+        if m and m.group(2) == "trash":
+            trash.append(path)
+            continue
+        target = _atomic.sibling(path, "trash")
+        os.replace(path, target)
+        trash.append(target)
+    if trash:
+        _atomic.fsync_dir(root)
+        _atomic.fault_point("prune:renamed")
+    for path in trash:
         shutil.rmtree(path, ignore_errors=True)
     return removed
+
+
+def _is_complete(path: Path) -> bool:
+    try:
+        verify_checkpoint(path)
+    except IntegrityError:
+        return False
+    return True
+
+
+def stranded_checkpoints(out_dir: str | Path) -> list[Path]:
+    """Complete checkpoints left under ``.tmp-``/``.old-`` names by a kill, newest step first.
+
+    They hold a run's progress as surely as listed ones: a new run must not start over them.
+    """
+    root = Path(out_dir)
+    if not root.is_dir():
+        return []
+    found = [
+        p
+        for p in root.iterdir()
+        if (m := _LEFTOVER.match(p.name)) and m.group(2) != "trash" and p.is_dir() and _is_complete(p)
+    ]
+    return sorted(found, key=lambda p: p.name, reverse=True)
+
+
+def recover_checkpoints(out_dir: str | Path) -> list[str]:
+    """Put back complete checkpoints that an interrupted rewrite left under ``.tmp-``/``.old-`` names.
+
+    For each step with leftovers whose ``ckpt-NNNNNN`` is missing or fails verification, the
+    complete leftover (the new write first, then the old copy) is renamed into place; the other
+    leftovers are deleted. Returns the names of the checkpoints put back. Call it only while
+    holding the run directory's lock.
+    """
+    root = Path(out_dir)
+    if not root.is_dir():
+        return []
+    bases = sorted({m.group(1) for p in root.iterdir() if (m := _LEFTOVER.match(p.name)) and p.is_dir()})
+    restored = []
+    for base in bases:
+        final = root / base
+        before = final.is_dir() and _is_complete(final)
+        _atomic.recover_dir(final, _is_complete)
+        if not before and final.is_dir():
+            restored.append(base)
+    return restored
 
 
 # -- reading ---------------------------------------------------------------------------

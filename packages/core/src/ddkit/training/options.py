@@ -13,10 +13,12 @@ import torch
 from ddkit.errors import ConfigError
 from ddkit.training.ema import EMA_WARMUPS
 
-__all__ = ["PRECISIONS", "TrainOptions"]
+__all__ = ["ON_NONFINITE", "PRECISIONS", "TrainOptions"]
 
 #: ``fp32``; ``bf16`` autocast (CPU and GPU); ``fp16`` autocast with a gradient scaler (GPU only).
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+#: What a step with a non-finite loss or gradient does: raise naming the step, or drop the batch.
+ON_NONFINITE: tuple[str, ...] = ("stop", "skip")
 
 
 def _is_int(value: object) -> bool:
@@ -125,6 +127,14 @@ def _precision(value: object) -> str:
     return str(value)
 
 
+def _on_nonfinite(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value not in ON_NONFINITE:
+        raise ConfigError(
+            f'\'on_nonfinite\' must be "stop" (raise, naming the step) or "skip" (drop the batch) '
+            f"(got {value!r})"
+        )
+
+
 def _out_dir(value: object) -> Path | None:
     if value is None:
         return None
@@ -158,6 +168,7 @@ class TrainOptions:
     keep_checkpoints: int = attrs.field(default=3, validator=_positive_int)
     resume: bool = attrs.field(default=False, validator=_bool)
     log_every: int = attrs.field(default=100, validator=_positive_int)
+    on_nonfinite: str = attrs.field(default="stop", validator=_on_nonfinite)
     progress: bool = attrs.field(default=False, validator=_bool)
 
     @cond_dropout.validator

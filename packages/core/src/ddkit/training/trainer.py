@@ -38,6 +38,8 @@ from ddkit.protocols import model_spec
 from ddkit.training import checkpoint as ckpt
 from ddkit.training import distributed
 from ddkit.training.ema import EmaPairs, ema_decay, make_ema_copy, rate_key
+from ddkit.training.guard import NonFiniteTrainingError, all_finite, describe_nonfinite
+from ddkit.training.lock import RunDirectoryLock, RunLockedError
 from ddkit.training.logging import QuartileLog, append_jsonl, truncate_jsonl
 from ddkit.training.optim import can_fuse, make_adamw, set_implementation
 from ddkit.training.options import TrainOptions
@@ -111,6 +113,16 @@ class Trainer:
     one is reported by name and the next older one tried; an empty ``out_dir`` starts
     afresh); without it, an ``out_dir`` that holds checkpoints is refused. ``seed`` fixes
     the data order and every random draw (``None``: a random seed, recorded in checkpoints).
+    The trainer holds an exclusive lock on ``out_dir`` (:mod:`ddkit.training.lock`) until
+    :meth:`close` (or until it is garbage-collected or its process dies): a second trainer on the
+    same directory is refused at once. A resume first puts back complete checkpoints that a
+    kill during a rewrite left under temporary names.
+
+    ``on_nonfinite``: a step whose loss or gradient norm is NaN or infinite raises
+    :class:`~ddkit.training.guard.NonFiniteTrainingError` naming the step (``"stop"``, the
+    default: the weights and the checkpoints stay as they were before that step), or is
+    dropped with its batch (``"skip"``; counted in :attr:`nonfinite_skips` and as
+    ``nonfinite_skips`` in the log). A checkpoint of non-finite weights is never written.
 
     .. versionadded:: 0.1.0
     """
@@ -143,6 +155,7 @@ class Trainer:
         resume: bool = False,
         log_every: int = 100,
         progress: bool = False,
+        on_nonfinite: str = "stop",
     ) -> None:
         self.options = opts = TrainOptions(
             batch_size=batch_size,
@@ -167,6 +180,7 @@ class Trainer:
             resume=resume,
             log_every=log_every,
             progress=progress,
+            on_nonfinite=on_nonfinite,
         )
         self.pipeline = pipeline
         model = getattr(pipeline, "model", None)
@@ -189,13 +203,8 @@ class Trainer:
         check_precision(opts.precision, self.device)
 
         self.out_dir = opts.out_dir
-        existing = ckpt.list_checkpoints(self.out_dir) if self.out_dir is not None else []
-        if existing and not opts.resume:
-            raise ConfigError(
-                f"{self.out_dir} already holds checkpoints ({existing[0][1].name} is the newest); pass "
-                "--resume (resume=True) to continue that run, or choose another output directory: "
-                "nothing was overwritten"
-            )
+        self._lock: RunDirectoryLock | None = None
+        existing = self._open_out_dir()
         self.dataset, loader = resolve_data(data)
         self._check_data_against_model()
 
@@ -216,6 +225,7 @@ class Trainer:
         self.ema_updates = 0
         self.history: list[dict[str, Any]] = []
         self.skipped_checkpoints: list[tuple[str, str]] = []
+        self.nonfinite_skips = 0
         self._last_saved = -1
         self._qlog = QuartileLog(self.num_timesteps)
         self._null_class = model_spec(self.model).null_class
@@ -244,6 +254,64 @@ class Trainer:
             distributed.barrier()
 
     # -- setup ------------------------------------------------------------------------
+
+    def _open_out_dir(self) -> list[tuple[int, Path]]:
+        """Lock ``out_dir`` (rank 0), put back checkpoints a kill left aside (resume), list them."""
+        if self.out_dir is None:
+            return []
+        problem: str | None = None
+        if self.rank == 0:
+            self._lock = RunDirectoryLock(self.out_dir)
+            try:
+                self._lock.acquire(record_pid=False)  # a trainer that refuses the directory writes nothing
+                problem = self._check_out_dir()
+            except RunLockedError as exc:
+                problem = str(exc)
+            if problem is None:
+                self._lock.record_pid()
+            else:
+                self._lock.release()
+        problem = distributed.broadcast_object(problem)
+        if problem is not None:
+            raise (RunLockedError if "in use by" in problem else ConfigError)(problem)
+        return ckpt.list_checkpoints(self.out_dir)
+
+    def _check_out_dir(self) -> str | None:
+        """Under the lock: recover interrupted rewrites (resume) or refuse to overwrite a run."""
+        assert self.out_dir is not None
+        if self.options.resume:
+            for name in ckpt.recover_checkpoints(self.out_dir):
+                log.warning("put back %s, left aside by an interrupted checkpoint rewrite", name)
+            return None
+        existing = ckpt.list_checkpoints(self.out_dir)
+        stranded = ckpt.stranded_checkpoints(self.out_dir)
+        if existing or stranded:
+            newest = existing[0][1].name if existing else stranded[0].name
+            return (
+                f"{self.out_dir} already holds checkpoints ({newest} is the newest); pass "
+                "--resume (resume=True) to continue that run, or choose another output directory: "
+                "nothing was overwritten"
+            )
+        return None
+
+    def close(self) -> None:
+        """Release ``out_dir`` for another trainer; a later ``train()`` takes it again if it is free."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def _hold_out_dir(self) -> None:
+        """Take ``out_dir`` again after :meth:`close`, unless another run has written to it since."""
+        if self._lock is None or self._lock.held:
+            return
+        assert self.out_dir is not None
+        self._lock.acquire()
+        newest = ckpt.list_checkpoints(self.out_dir)
+        if newest and newest[0][0] > self._last_saved:
+            self._lock.release()
+            raise ConfigError(
+                f"{self.out_dir} holds {newest[0][1].name}, written by another run after this trainer was "
+                "closed; continue from it with a new Trainer(..., resume=True)"
+            )
 
     def _resolve_device(self, device: str | torch.device | None) -> torch.device:
         if device is not None:
@@ -385,6 +453,7 @@ class Trainer:
 
             bar = tqdm(total=steps, initial=self.step, desc="train", dynamic_ncols=True)
         started, first = time.perf_counter(), self.step
+        self._hold_out_dir()
         # Set once per call, not per step: walking the module tree costs milliseconds, and
         # nothing inside the loop changes train/eval modes or which parameters train.
         self.model.train()
@@ -461,6 +530,7 @@ class Trainer:
         accum = opts.grad_accum
         micro = self.local_batch // accum
         per_sample: list[dict[str, Tensor]] = []
+        step_loss = torch.zeros((), device=self.device)
         for k in range(accum):
             sl = slice(k * micro, (k + 1) * micro)
             cond = {"y": y[sl]} if y is not None else {}
@@ -475,6 +545,7 @@ class Trainer:
                     else:
                         losses = self.pipeline.loss(x[sl], t=t[sl], noise=noise[sl], **cond)
                     loss = (losses["loss"] * w[sl]).mean() / accum
+                step_loss = step_loss + loss.detach()
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
                 else:
@@ -489,6 +560,9 @@ class Trainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
         else:
             grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        if not self._step_is_finite(step_loss, grad_norm):
+            self._drop_nonfinite_step(step_loss, grad_norm)  # raises under on_nonfinite="stop"
+            return
         if self.scaler is not None:
             scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
@@ -511,6 +585,41 @@ class Trainer:
         self._qlog.add_scalar("grad_norm", grad_norm)
         self._qlog.add_scalar("lr", lr)
 
+    def _step_is_finite(self, loss: Tensor, grad_norm: Tensor) -> bool:
+        """One fused isfinite over the step's loss and gradient norm, read once, before the update.
+
+        Under a gradient scaler (fp16) an infinite gradient is the scaler's business (it skips
+        the step and lowers the scale), so only the loss is checked. Under torchrun the value
+        is summed over the ranks, so that every rank takes the same decision.
+        """
+        checked = loss.float() if self.scaler is not None else loss.float() + grad_norm.float()
+        if self.distributed:
+            checked = distributed.all_reduce_sum(checked.reshape(1))
+        return bool(torch.isfinite(checked).all())
+
+    def _drop_nonfinite_step(self, loss: Tensor, grad_norm: Tensor) -> None:
+        """Forget the step's gradients; raise (``"stop"``) or count the skip (``"skip"``)."""
+        number = self.step + 1
+        what = describe_nonfinite(loss, None if self.scaler is not None else grad_norm)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.update()  # closes the unscale_ of this step
+        if self.options.on_nonfinite == "stop":
+            kept = (
+                f"; the newest checkpoint, {ckpt.checkpoint_name(self._last_saved)}, is intact"
+                if self.out_dir is not None and self._last_saved >= 0
+                else ""
+            )
+            raise NonFiniteTrainingError(
+                f"training stopped at step {number}: {what}. The weights are those after step "
+                f"{self.step} and nothing non-finite was checkpointed{kept}. Look for NaN or inf in the "
+                "data (the batch of that step), or lower 'lr' or set 'grad_clip'; "
+                'on_nonfinite="skip" drops such batches and goes on',
+                step=number,
+            )
+        self.nonfinite_skips += 1
+        log.warning("step %d: %s; batch skipped (%d skipped so far)", number, what, self.nonfinite_skips)
+
     def _flush_log(self, started: float, first: int) -> dict[str, Any]:
         values = self._qlog.flush(reduce=distributed.all_reduce_sum if self.distributed else None)
         if self.rank != 0:
@@ -518,6 +627,8 @@ class Trainer:
         elapsed = time.perf_counter() - started
         record: dict[str, Any] = {"step": self.step, "samples": self.step * self.options.batch_size}
         record.update(values)
+        if self.nonfinite_skips:
+            record["nonfinite_skips"] = self.nonfinite_skips
         record["steps_per_sec"] = (self.step - first) / elapsed if elapsed > 0 else math.nan
         self.history.append(record)
         if self.out_dir is not None:
@@ -532,6 +643,14 @@ class Trainer:
         """Write a checkpoint of the current step to ``out_dir`` (rank 0 writes; every rank must call)."""
         if self.out_dir is None:
             raise ConfigError("save_checkpoint() needs the trainer's 'out_dir'")
+        weights = [*self.model.parameters(), *(p for ema in self.ema.values() for p in ema.parameters())]
+        if not all_finite(weights):
+            raise NonFiniteTrainingError(
+                f"the weights after step {self.step} are not finite (NaN or inf); no checkpoint was written "
+                "and the existing ones are kept. Lower 'lr' or set 'grad_clip'",
+                step=self.step,
+            )
+        self._hold_out_dir()
         generators = {"cpu": self._gen_cpu}
         if self._gen_device is not self._gen_cpu:
             generators["device"] = self._gen_device
@@ -552,6 +671,7 @@ class Trainer:
                 {
                     "step": self.step,
                     "ema_updates": self.ema_updates,
+                    "nonfinite_skips": self.nonfinite_skips,
                     "seed": self.seed,
                     "data": self.stream.state_dict(),
                     "resampler": self.resampler.state_dict(),
@@ -705,6 +825,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.ema_updates = int(state["ema_updates"])
+        self.nonfinite_skips = int(state.get("nonfinite_skips", 0))
         self._last_saved = self.step
         rngs = state["rng"]
         generators = {"cpu": self._gen_cpu}
