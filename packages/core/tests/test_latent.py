@@ -159,6 +159,7 @@ def test_latent_pipeline_trains_samples_saves_and_loads(registry: Registry, tmp_
     pipe = ddkit.Pipeline.from_config(config())
     assert isinstance(pipe.autoencoder, PixelShuffleAutoencoder)
     assert pipe.sample_shape == LATENT  # the model's space
+    assert pipe.data_shape == (C, H, H)  # what sample() returns
     assert pipe.config["autoencoder"] == {"name": "pixel-shuffle", "factor": F, "scaling_factor": 0.5}
     assert "pixel-shuffle" in repr(pipe)
 
@@ -239,6 +240,9 @@ def test_an_autoencoder_object_is_frozen_and_its_weights_are_saved(
 
 
 def test_bad_autoencoders_are_refused_before_anything_runs(registry: Registry) -> None:
+    pipe = ddkit.Pipeline.from_config(config())
+    with pytest.raises(ConfigError, match=r"latents of shape \[12, 8, 8\], but the model takes \[12, 4, 4\]"):
+        ddkit.Trainer(pipe, images(4).repeat(1, 1, 2, 2), batch_size=2)
     with pytest.raises(ConfigError, match="no decode method"):
         ddkit.Pipeline.from_config(config(autoencoder=None), autoencoder=type("Half", (), {"encode": len})())
     with pytest.raises(ConfigError, match=r"\[autoencoder\].*'pixel-shufle'.*pixel-shuffle"):

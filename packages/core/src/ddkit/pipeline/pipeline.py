@@ -374,6 +374,21 @@ class Pipeline:
             return z
         return latent.decode_latents(self.autoencoder, z)
 
+    @property
+    def data_shape(self) -> tuple[int, ...] | None:
+        """One sample's shape as :meth:`sample` returns it: ``sample_shape``, decoded in a latent pipeline.
+
+        A latent pipeline decodes one zero latent to find it (once; e.g. ``(3, 64, 64)`` for
+        ``(4, 8, 8)`` latents), so that callers such as image writers see the data's shape.
+        """
+        if self.autoencoder is None or self.sample_shape is None:
+            return self.sample_shape
+        cached = self.__dict__.get("_data_shape")
+        if cached is None:
+            probe = torch.zeros(1, *self.sample_shape, device=self.device)
+            cached = self.__dict__["_data_shape"] = tuple(self.decode(probe).shape[1:])
+        return tuple(cached)
+
     def _inputs(
         self, x: Tensor, init: Tensor | None, mask: Tensor | None, known: Tensor | None
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:

@@ -363,6 +363,8 @@ class Trainer:
                 f"the data has class label {max_label} but the model takes num_classes={spec.num_classes} "
                 f"(labels 0..{spec.num_classes - 1}); build the model with num_classes >= {max_label + 1}"
             )
+        if getattr(self.pipeline, "autoencoder", None) is not None:
+            self._check_latent_shape(spec.sample_shape)
         if self.options.null_cond:
             self._check_null_cond()
         if self.options.cond_dropout > 0 and (not self.options.null_cond or self._pass_labels):
@@ -375,6 +377,18 @@ class Trainer:
                 )
             if not self._pass_labels:
                 raise ConfigError(f"cond_dropout={self.options.cond_dropout} needs class labels in the data")
+
+    def _check_latent_shape(self, want: tuple[int, ...] | None) -> None:
+        """The autoencoder's latents of one data item have the shape the model takes."""
+        memory = in_memory(self.dataset)
+        item = memory[0][:1] if memory is not None else split_item(self.dataset[0])[0].unsqueeze(0)
+        got = tuple(self.pipeline.encode(item.float()).shape[1:])
+        if want is not None and got != tuple(want):
+            raise ConfigError(
+                f"the autoencoder turns data of shape {list(item.shape[1:])} into latents of shape "
+                f"{list(got)}, but the model takes {list(want)}; change the model's input shape or the "
+                "autoencoder"
+            )
 
     def _check_null_cond(self) -> None:
         """Every keyword to drop is in the data; attach a learned null embedding where asked."""
