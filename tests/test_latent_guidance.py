@@ -198,3 +198,20 @@ def test_a_learned_null_embedding_is_the_default_uncond(reference: tuple[EmbNet,
         config(uncond={"encoder_hidden_states": torch.zeros(L, E)}), model=model
     )
     assert not torch.allclose(given.sample(x_T=NOISE, encoder_hidden_states=COND), expected, atol=1e-3)
+
+
+def test_a_saved_pipeline_asks_for_its_uncond_tensor_again(
+    reference: tuple[EmbNet, Tensor], tmp_path: Path
+) -> None:
+    model, expected = reference
+    pipe = ddkit.Pipeline.from_config(config(uncond={"encoder_hidden_states": NEG}), model=model)
+    pipe.save(tmp_path / "p")
+    with pytest.raises(
+        ddkit.ConfigError, match=r"'uncond' was an object .* pass it again as the keyword uncond="
+    ):
+        ddkit.Pipeline.load(tmp_path / "p", model=EmbNet())
+    loaded = ddkit.Pipeline.load(tmp_path / "p", model=EmbNet(), uncond={"encoder_hidden_states": NEG})
+    assert loaded.config["autoencoder"]["name"] == "pixel-shuffle"
+    torch.testing.assert_close(
+        loaded.sample(x_T=NOISE, encoder_hidden_states=COND), expected, rtol=1e-5, atol=1e-5
+    )
