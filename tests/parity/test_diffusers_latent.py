@@ -81,3 +81,7 @@ def test_latent_cfg_with_a_negative_embedding_matches_diffusers(tmp_path: Path) 
     other = pipe.sample(x_T=z_T, encoder_hidden_states=prompt, uncond={"encoder_hidden_states": -negative})
     torch.testing.assert_close(other, diffusers_loop(root, z_T, prompt, -negative), rtol=0, atol=1e-4)
     assert (other - want).abs().max() > 1e-3
+    # Guidance given no negative of its own takes it from the sampling call alone.
+    plain = pipe.with_guidance([{"name": "classifier-free", "scale": SCALE}])
+    alone = plain.sample(x_T=z_T, encoder_hidden_states=prompt, uncond={"encoder_hidden_states": negative})
+    torch.testing.assert_close(alone, want, rtol=0, atol=1e-4)

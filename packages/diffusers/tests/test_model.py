@@ -21,7 +21,10 @@ def _x(*shape: int, seed: int = 0) -> torch.Tensor:
 def test_unet2d_is_called_through_the_model_contract(unet_folder: Path) -> None:
     model = ddkit.create("model", "diffusers", path=str(unet_folder))
     assert isinstance(model, DiffusersModel)
-    assert model.spec == ModelSpec(in_channels=3, out_channels=3, sample_shape=(3, 8, 8))
+    assert model.spec == ModelSpec(
+        in_channels=3, out_channels=3, sample_shape=(3, 8, 8), conditioning=model.spec.conditioning
+    )
+    assert model.spec.conditioning == ()  # UNet2DModel takes nothing but class labels (y)
     reference = UNet2DModel.from_pretrained(unet_folder).eval()
     x, t = _x(2, 3, 8, 8), torch.tensor([10, 900])
     with torch.no_grad():
@@ -30,6 +33,8 @@ def test_unet2d_is_called_through_the_model_contract(unet_folder: Path) -> None:
 
 def test_conditioning_reaches_the_network_and_a_missing_one_is_named(cond_unet_folder: Path) -> None:
     model = ddkit.create("model", "diffusers", path=str(cond_unet_folder))
+    assert model.spec.conditioning is not None
+    assert {"encoder_hidden_states", "added_cond_kwargs"} <= set(model.spec.conditioning)
     reference = UNet2DConditionModel.from_pretrained(cond_unet_folder).eval()
     x, t, emb = _x(2, 4, 8, 8), torch.tensor([3, 500]), _x(2, 5, 16, seed=1)
     with torch.no_grad():
@@ -58,7 +63,12 @@ def test_class_labels_y_become_class_labels(tmp_path: Path) -> None:
 def test_a_dit_transformer_declares_its_null_class(dit_folder: Path) -> None:
     model = ddkit.create("model", "diffusers", path=str(dit_folder))
     assert model.spec == ModelSpec(
-        in_channels=4, out_channels=4, sample_shape=(4, 8, 8), num_classes=4, null_class=4
+        in_channels=4,
+        out_channels=4,
+        sample_shape=(4, 8, 8),
+        num_classes=4,
+        null_class=4,
+        conditioning=("cross_attention_kwargs",),
     )
     reference = DiTTransformer2DModel.from_pretrained(dit_folder).eval()
     x, t, y = _x(2, 4, 8, 8), torch.tensor([1, 999]), torch.tensor([4, 1])

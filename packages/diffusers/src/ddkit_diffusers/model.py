@@ -9,6 +9,7 @@ labels ``y`` to ``class_labels``, passes every other keyword through and returns
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from pathlib import Path
 from typing import Any
@@ -89,12 +90,14 @@ class DiffusersModel(nn.Module):
         self.net = net
         self.config: dict[str, Any] = dict(config if config is not None else getattr(net, "config", {}))
         self.class_name: str = str(self.config.get("_class_name", type(net).__name__))
-        self.spec = spec_from_config(self.config)
         params = inspect.signature(net.forward).parameters
         first = next(iter(params))
         self._input = first
         self._accepted = frozenset(p for p in params if p not in (first, "timestep", "return_dict"))
         self._required = MODEL_CLASSES.get(self.class_name, ())
+        # The keywords besides y the network takes: its forward's, class_labels being y.
+        keywords = tuple(sorted(self._accepted - {"class_labels"}))
+        self.spec = dataclasses.replace(spec_from_config(self.config), conditioning=keywords)
 
     def _check(self, conditioning: dict[str, Any]) -> None:
         unknown = sorted(set(conditioning) - self._accepted)
