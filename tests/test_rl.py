@@ -9,10 +9,12 @@ ODE's marginals and Flow-GRPO's step.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from _modules import load_module
 from torch import Tensor, nn
 
 import ddkit
@@ -216,3 +218,19 @@ def test_flow_sde_step_is_flow_grpos() -> None:
 def test_flow_sde_needs_a_path() -> None:
     with pytest.raises(ddkit.CompositionError, match=r"'flow-sde'.*discrete chain.*'rectified-flow'"):
         ddkit.Pipeline.from_config({"sampler": "flow-sde", "model": Net()})
+
+
+# -- the examples ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("example", "train"), [("ddpo_toy", "ddpo"), ("grpo_flow", "grpo")])
+def test_the_examples_run_and_update_the_model(example: str, train: str) -> None:
+    module = load_module(f"rl_{example}", Path(__file__).parent.parent / "examples" / "rl" / f"{example}.py")
+    pipe = module.pretrained(steps=20)
+    before = [p.detach().clone() for p in pipe.model.parameters()]
+    options = {"groups": 4, "group": 4} if train == "grpo" else {"batch": 16}
+    rewards = getattr(module, train)(pipe, iterations=2, epochs=1, **options)
+    assert len(rewards) == 2
+    assert all(math.isfinite(r) for r in rewards)
+    assert any(not torch.equal(a, b) for a, b in zip(before, pipe.model.parameters()))
+    assert math.isfinite(module.mean_reward(pipe, n=64))

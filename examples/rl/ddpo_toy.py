@@ -65,6 +65,7 @@ def ddpo(
     seed: int = 0,
 ) -> list[float]:
     """PPO-clip on whole trajectories (DDPO-IS); returns the mean reward of each iteration's rollout."""
+    pipe.model.eval()  # no dropout, so the ratio is exactly 1 before the first update
     opt = torch.optim.Adam(pipe.model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     history = []

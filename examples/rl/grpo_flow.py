@@ -67,6 +67,7 @@ def grpo(
     seed: int = 0,
 ) -> list[float]:
     """PPO-clip with group-relative advantages; returns the mean reward of each iteration's rollout."""
+    pipe.model.eval()  # no dropout, so the ratio is exactly 1 before the first update
     opt = torch.optim.Adam(pipe.model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     history = []

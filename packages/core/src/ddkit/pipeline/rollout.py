@@ -11,10 +11,12 @@ numbers.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ddkit.errors import CompositionError, InputError, InputTypeError
 from ddkit.protocols import Generator
@@ -28,6 +30,19 @@ __all__ = ["rollout", "transition_log_prob"]
 
 #: What the error for a sampler without transitions suggests.
 _STOCHASTIC = "ddpm, ddim with eta > 0, euler-ancestral, flow-sde or dpm-solver++ with sde=True"
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode (no dropout) for the block; free when it is already (a walk per switch)."""
+    if not model.training:
+        yield
+        return
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train()
 
 
 def _rl_sampler(pipe: Pipeline) -> SamplerBase:
@@ -69,8 +84,9 @@ def rollout(
     init, mask, known = pipe._inputs(x_T, init, mask, known)
     run = Run(generator=generator, log_prob=True, reduction=reduction, trace=[])
     model = pipe.sampling_model
-    with pipe._eval(model), torch.no_grad():
+    with _eval_mode(model), torch.no_grad():
         walk = sampler._walk_from(
+            sampler._checked_plan(denoiser),
             denoiser,
             x_T,
             run,
@@ -160,6 +176,6 @@ def transition_log_prob(pipe: Pipeline, traj: Trajectory, step: int, *, reductio
         )
     plan = _plan_for(pipe, traj, sampler)
     model = pipe.sampling_model
-    with pipe._eval(model):
+    with _eval_mode(model):
         transition = sampler.transition(plan, traj.start + step, traj.x[step], traj.history[step])
     return transition.log_prob(traj.x[step + 1], reduction=reduction, weight=traj.weight)
