@@ -46,6 +46,7 @@ CI_SESSIONS = [
     *(f"tests-{package}" for package in PACKAGES),
     "tests-example",
     "tests",
+    "reliability",
     "parity",
     "docs",
     # "demo", "bench": added with their sessions.
@@ -113,7 +114,14 @@ def tests(session: nox.Session) -> None:
     """The cross-package tests in tests/ (parity excluded), with every package installed."""
     # diffusers runs the third-party example's parity cases against UniPCMultistepScheduler.
     install(session, *PACKAGES, extra=[*DEV, "uv", *PARITY])
-    pytest(session, "tests", "--ignore=tests/parity")
+    pytest(session, "tests", "--ignore=tests/parity", "--ignore=tests/reliability")
+
+
+@nox.session
+def reliability(session: nox.Session) -> None:
+    """tests/reliability: SIGKILLs, a locked run directory, full disks and I/O errors, NaN batches (~3 min)."""
+    install(session, *PACKAGES, extra=DEV)
+    pytest(session, "tests/reliability")
 
 
 @nox.session

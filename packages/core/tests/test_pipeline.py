@@ -366,6 +366,7 @@ def test_save_load_gives_bit_identical_samples(registry: Registry, tmp_path: Pat
     pipe, out = saved(tmp_path)
     assert sorted(p.name for p in out.iterdir()) == [
         "ema_0.9999.safetensors",
+        "manifest.json",
         "model.safetensors",
         "pipeline.toml",
     ]

@@ -1,13 +1,15 @@
-"""Checkpoint directories: atomic writes, integrity checks, pruning, data-only contents."""
+"""Checkpoint directories: atomic writes, rewrites and prunes, recovery, integrity, data-only contents."""
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from ddkit import _atomic
 from ddkit.errors import IntegrityError
 from ddkit.training import checkpoint as ckpt
 
@@ -147,3 +149,82 @@ def test_manifest_is_written_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_manifest_name_is_reserved(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="written by write_checkpoint itself"):
         ckpt.write_checkpoint(tmp_path, 1, {ckpt.MANIFEST: b"{}"})
+
+
+# -- rewrites, prunes and recovery under kills ----------------------------------------------------
+
+
+def _killed_at(monkeypatch: pytest.MonkeyPatch, label: str) -> None:
+    """Stop at fault point ``label`` as a SIGKILL would: no clean-up runs afterwards."""
+
+    def stop(name: str) -> None:
+        if name == label:
+            raise SystemExit(f"killed at {label}")
+
+    monkeypatch.setattr(_atomic, "fault_point", stop)
+    monkeypatch.setattr(_atomic, "remove_dir", lambda path: None)
+    monkeypatch.setattr(ckpt.shutil, "rmtree", lambda path, ignore_errors=False: None)
+
+
+def test_a_kill_between_the_rewrite_renames_is_recovered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ckpt.write_checkpoint(tmp_path, 5, _files(1.0))
+    with monkeypatch.context() as m:
+        _killed_at(m, "replace:aside")
+        with pytest.raises(SystemExit):
+            ckpt.write_checkpoint(tmp_path, 5, _files(7.0))
+    # Only the two complete copies under temporary names are left: nothing is listed.
+    assert ckpt.list_checkpoints(tmp_path) == []
+    kinds = sorted(p.name.split(".")[1].split("-")[0] for p in tmp_path.iterdir())
+    assert kinds == ["old", "tmp"]
+    assert [p.name.split(".")[0] for p in ckpt.stranded_checkpoints(tmp_path)] == ["ckpt-000005"] * 2
+    assert ckpt.recover_checkpoints(tmp_path) == ["ckpt-000005"]
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt-000005"]
+    ckpt.verify_checkpoint(tmp_path / "ckpt-000005")
+    assert ckpt.load_tensors(tmp_path / "ckpt-000005" / "model.safetensors")["w"][0, 0] == 7.0  # the new one
+
+
+def test_recovery_keeps_a_valid_checkpoint_and_drops_incomplete_leftovers(tmp_path: Path) -> None:
+    ckpt.write_checkpoint(tmp_path, 5, _files(1.0))
+    partial = tmp_path / "ckpt-000005.tmp-0123abcd"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")
+    assert ckpt.stranded_checkpoints(tmp_path) == []  # no manifest: not a checkpoint
+    assert ckpt.recover_checkpoints(tmp_path) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt-000005"]
+    assert ckpt.load_tensors(tmp_path / "ckpt-000005" / "model.safetensors")["w"][0, 0] == 1.0
+
+
+def test_a_kill_during_pruning_leaves_only_complete_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for step in (10, 20, 30):
+        ckpt.write_checkpoint(tmp_path, step, _files(float(step)))
+    with monkeypatch.context() as m:
+        _killed_at(m, "prune:renamed")
+        with pytest.raises(SystemExit):
+            ckpt.prune_checkpoints(tmp_path, keep=1)
+    # The victims were renamed to trash names before any file was deleted.
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [30]
+    assert sorted(p.name.split(".")[1][:5] for p in tmp_path.iterdir() if "." in p.name) == ["trash"] * 2
+    assert ckpt.stranded_checkpoints(tmp_path) == []  # trash is never put back
+    ckpt.prune_checkpoints(tmp_path, keep=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt-000030"]
+
+
+def test_a_write_that_fails_with_enospc_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ckpt.write_checkpoint(tmp_path, 1, _files(1.0))
+    real = ckpt._write_file
+
+    def full(path: Path, data: bytes) -> None:
+        if path.name == "state.pt":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, data)
+
+    monkeypatch.setattr(ckpt, "_write_file", full)
+    with pytest.raises(OSError, match=r"No space left on device.*state\.pt"):
+        ckpt.write_checkpoint(tmp_path, 2, _files(2.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt-000001"]

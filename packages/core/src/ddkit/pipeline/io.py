@@ -1,4 +1,4 @@
-"""Save and load a pipeline: safetensors weights, a ``pipeline.toml`` and a SHA-256 per weights file.
+"""Save and load a pipeline: safetensors weights, a ``pipeline.toml`` and one integrity manifest.
 
 A saved pipeline is a directory::
 
@@ -6,24 +6,31 @@ A saved pipeline is a directory::
     model.safetensors        the trained weights
     ema_<rate>.safetensors   one file per EMA rate (e.g. ema_0.9999.safetensors)
     autoencoder.safetensors  a latent pipeline's autoencoder weights (if it has any)
+    guidance<i>-<key>.*      a copy of each guidance's weights (e.g. the classifier's)
+    manifest.json            the SHA-256 and size of every file above, written last
 
 Nothing is pickled: weights are safetensors and everything else is TOML. Loading checks,
-before building anything, that every part's plugin is installed (naming the distribution
-to install) and that every weights file matches its recorded hash.
+before building anything, every file against the manifest (``pipeline.toml`` too: an edited
+schedule or sampler is refused like edited weights, naming the file) and that every part's
+plugin is installed (naming the distribution to install). A save is atomic: it is written
+beside the directory and swapped in (:mod:`ddkit._atomic`), so a failure leaves the previous one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
+import json
 import os
-import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from ddkit import _atomic
 from ddkit.errors import ConfigError, IntegrityError, UnknownPluginError
 from ddkit.pipeline import _toml
 from ddkit.pipeline.config import PART_KINDS, is_object_marker, registry_factory
@@ -31,13 +38,16 @@ from ddkit.pipeline.config import PART_KINDS, is_object_marker, registry_factory
 if TYPE_CHECKING:
     from ddkit.pipeline.pipeline import Pipeline
 
-__all__ = ["CONFIG_FILE", "FORMAT", "load", "save", "sha256_of"]
+__all__ = ["CONFIG_FILE", "FORMAT", "MANIFEST", "load", "reseal", "save", "sha256_of"]
 
 CONFIG_FILE = "pipeline.toml"
 MODEL_FILE = "model.safetensors"
 AUTOENCODER_FILE = "autoencoder.safetensors"
-#: The version of the saved layout; a loader refuses a newer one.
-FORMAT = 1
+MANIFEST = "manifest.json"
+#: The version of the saved layout; a loader refuses a newer one. 2: ``manifest.json`` covers
+#: ``pipeline.toml`` and every weights file, guidance weights are copied into the folder.
+FORMAT = 2
+MANIFEST_FORMAT = 1
 
 
 def sha256_of(path: Path) -> str:
@@ -53,18 +63,109 @@ def _ema_file(rate: str) -> str:
     return f"ema_{rate}.safetensors"
 
 
-def _write_weights(model: nn.Module, path: Path) -> None:
-    from safetensors.torch import save_model
+def _weights_bytes(model: nn.Module) -> bytes:
+    """``model``'s state as a safetensors file, as ``safetensors.torch.save_model`` lays it out.
 
-    # Write to a temporary file and rename, so a crash never leaves a half-written file behind.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    Tied tensors are stored once and named in the metadata, so ``load_model`` restores them.
+    """
+    from safetensors.torch import _remove_duplicate_names
+    from safetensors.torch import save as safetensors_save
+
+    state = model.state_dict()
+    metadata: dict[str, str] = {}
+    for kept, removed in _remove_duplicate_names(state).items():
+        for name in removed:
+            metadata[name] = kept
+            del state[name]
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    return safetensors_save(tensors, metadata=metadata or None)
+
+
+def _write(path: Path, data: bytes) -> None:
+    # One writer for every file of a save: fault-injection tests patch it here.
+    _atomic.write_file(path, data)
+
+
+def _bundle_guidance_weights(config: dict[str, Any], folder: Path) -> list[str]:
+    """Copy each guidance's weights file (``classifier = {weights = ...}``) into ``folder``.
+
+    The saved config names the copy relative to the pipeline's folder (``guidance1-classifier
+    .safetensors``), so that the save is self-contained, its hash is in the manifest, and
+    loading resolves it against the folder rather than the working directory. Returns the names.
+    """
+    names: list[str] = []
+    for i, entry in enumerate(config.get("guidance") or [], start=1):
+        if not isinstance(entry, dict):
+            continue
+        for key, value in entry.items():
+            if not isinstance(value, dict) or not isinstance(value.get("weights"), (str, os.PathLike)):
+                continue
+            source = Path(value["weights"])
+            try:
+                data = source.read_bytes()
+            except OSError as exc:
+                raise ConfigError(
+                    f"[[guidance]] #{i} ({entry.get('name')!r}) names {key} weights {str(source)!r}, which "
+                    f"cannot be read ({exc.strerror or exc}); fix the path before saving"
+                ) from None
+            name = f"guidance{i}-{key}{''.join(source.suffixes[-1:]) or '.safetensors'}"
+            _write(folder / name, data)
+            value["weights"] = name
+            names.append(name)
+    return names
+
+
+def _resolve_guidance_weights(config: dict[str, Any], root: Path) -> list[str]:
+    """The inverse of :func:`_bundle_guidance_weights`: relative weights paths, resolved in ``root``."""
+    names: list[str] = []
+    for entry in config.get("guidance") or []:
+        if not isinstance(entry, dict):
+            continue
+        for value in entry.values():
+            if isinstance(value, dict) and isinstance(value.get("weights"), str):
+                path = Path(value["weights"])
+                if not path.is_absolute():
+                    names.append(path.as_posix())
+                    value["weights"] = str(root / path)
+    return names
+
+
+def _saved_files(directory: Path) -> set[str]:
+    """The names of the files a save in ``directory`` consists of (from its manifest or config)."""
+    names = {CONFIG_FILE, MANIFEST}
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        names.update(json.loads((directory / MANIFEST).read_bytes()).get("files", {}))
+    with contextlib.suppress(OSError, ValueError):
+        names.update(_toml.load(directory / CONFIG_FILE).get("weights", {}))
+    return names
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse to replace a directory that holds anything but an earlier save (it would be lost)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"cannot save a pipeline to {out}: it is a file, not a directory")
+    entries = {p.name for p in out.iterdir()}
+    if not entries:
+        return
+    ours = _saved_files(out) if CONFIG_FILE in entries else set()
+    # Temporary files of the per-file writer of ddkit 0.1, left by a crash.
+    foreign = sorted(e for e in entries - ours if not (e.startswith(".") and e.endswith(".tmp")))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ConfigError(
+            f"cannot save a pipeline to {out}: it holds files that Pipeline.save did not write ({shown}), "
+            "and a save replaces the whole directory; save to a new or empty directory, or move them away"
+        )
+
+
+def _is_complete_save(directory: Path) -> bool:
     try:
-        save_model(model, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _verify_manifest(directory)
+    except (IntegrityError, ConfigError):
+        return False
+    return True
 
 
 def _provenance(kind: str, name: str) -> dict[str, str]:
@@ -97,12 +198,35 @@ def _provenance_table(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def save(pipe: Pipeline, directory: str | Path) -> Path:
-    """Write the pipeline to ``directory`` (created if needed); returns the path of ``pipeline.toml``."""
+    """Write the pipeline to ``directory``, atomically; returns the path of ``pipeline.toml``.
+
+    Everything is written into a temporary sibling directory (each file fsynced, ``manifest.json``
+    last), which then replaces ``directory`` by two renames: a full disk, an I/O error or a kill
+    at any point leaves the previous save loadable (a kill between the renames leaves it under
+    a temporary name that the next save or load puts back) and never a half save. An OSError
+    names the file it happened on. ``directory`` must be new, empty or an earlier save.
+    """
     import ddkit
     from ddkit.pipeline.pipeline import _plain_config
 
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
+    _atomic.recover_dir(out, _is_complete_save, tidy=("old", "trash"))
+    _check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _atomic.sibling(out, "tmp")
+    tmp.mkdir()
+    try:
+        _write_save(pipe, tmp, ddkit.__version__, _plain_config(pipe.config))
+        _atomic.replace_dir(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            _atomic.remove_dir(tmp)
+        raise
+    return out / CONFIG_FILE
+
+
+def _write_save(pipe: Pipeline, folder: Path, version: str, config: dict[str, Any]) -> None:
+    """Every file of a save, into the empty ``folder``; the manifest last."""
     files = {MODEL_FILE: pipe.model}
     for rate, average in pipe.ema.items():
         files[_ema_file(rate)] = average
@@ -111,20 +235,21 @@ def save(pipe: Pipeline, directory: str | Path) -> Path:
         files[AUTOENCODER_FILE] = autoencoder
     weights: dict[str, Any] = {}
     for filename, module in files.items():
-        path = out / filename
-        _write_weights(module, path)
-        weights[filename] = {"sha256": sha256_of(path), "bytes": path.stat().st_size}
-    doc: dict[str, Any] = {"ddkit": {"format": FORMAT, "version": ddkit.__version__}}
-    doc.update(_plain_config(pipe.config))
+        data = _weights_bytes(module)
+        _write(folder / filename, data)
+        weights[filename] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        _atomic.fault_point("save:file")
+    bundled = _bundle_guidance_weights(config, folder)
+    doc: dict[str, Any] = {"ddkit": {"format": FORMAT, "version": version}}
+    doc.update(config)
     doc["ema"] = {"rates": list(pipe.ema), "use_ema": bool(pipe.use_ema)}
     doc["provenance"] = _provenance_table(pipe.config)
     doc["weights"] = weights
-    text = _toml.dumps(doc)
-    config_path = out / CONFIG_FILE
-    tmp = config_path.with_name(f".{CONFIG_FILE}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, config_path)
-    return config_path
+    _write(folder / CONFIG_FILE, _toml.dumps(doc).encode("utf-8"))
+    names = [CONFIG_FILE, *weights, *bundled]
+    manifest = {"format": MANIFEST_FORMAT, "files": _atomic.hash_files(folder, names)}
+    _write(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    _atomic.fault_point("save:manifest")
 
 
 def _check_plugins(config: Mapping[str, Any], provenance: Mapping[str, Any]) -> None:
@@ -192,6 +317,76 @@ def _verify(directory: Path, weights: Mapping[str, Any], needed: list[str]) -> N
             )
 
 
+def _verify_manifest(root: Path) -> set[str]:
+    """Check every file of a save against ``manifest.json``; return the names it lists.
+
+    Raises :class:`IntegrityError` naming the file that is missing, truncated or changed:
+    ``pipeline.toml`` is covered, so an edited schedule or sampler is refused like edited weights.
+    """
+    path = root / MANIFEST
+    try:
+        manifest = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise IntegrityError(
+            f"{root} has no {MANIFEST}: the save was not completed; save the pipeline again"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"{path} cannot be read ({exc}); save the pipeline again") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or CONFIG_FILE not in files:
+        raise IntegrityError(f"{path} lists no {CONFIG_FILE}: it was not written by Pipeline.save")
+    for name, entry in files.items():
+        file = root / name
+        expected = entry.get("sha256") if isinstance(entry, Mapping) else None
+        if not isinstance(expected, str) or "/" in name or "\\" in name or name.startswith("."):
+            raise IntegrityError(f"{path} has an invalid entry {name!r}: it was not written by Pipeline.save")
+        if not file.is_file():
+            raise IntegrityError(f"the file {file} is missing (it is listed in {MANIFEST})")
+        got = sha256_of(file)
+        if got != expected:
+            size = entry.get("size")
+            now = file.stat().st_size
+            changed = isinstance(size, int) and size != now
+            sizes = f" (it has {now} bytes, {size} were saved)" if changed else ""
+            raise IntegrityError(
+                f"{file} does not match the SHA-256 recorded in {MANIFEST}{sizes}: it was changed, "
+                f"truncated or damaged after saving (expected {expected}, got {got}). A save is refused "
+                "whole when any of its files changes: copy it again from the source, or load the "
+                "original, change it in Python (pipe.with_sampler(...), ...) and save it again"
+            )
+    return set(files)
+
+
+def reseal(directory: str | Path) -> Path:
+    """Accept deliberate edits of a save: hash its files into a new ``manifest.json``; return its path.
+
+    Loading refuses any change to a save; a tool (or a test) that rewrites ``pipeline.toml`` on
+    purpose calls this afterwards. The files listed now are those the old manifest listed.
+
+    .. versionadded:: 0.2.0
+    """
+    root = Path(directory)
+    names = sorted(_saved_files(root) - {MANIFEST})
+    missing = [n for n in names if not (root / n).is_file()]
+    if missing:
+        raise IntegrityError(f"cannot reseal {root}: {', '.join(missing)} missing")
+    path = root / MANIFEST
+    manifest = {"format": MANIFEST_FORMAT, "files": _atomic.hash_files(root, names)}
+    tmp = root / f".{MANIFEST}.tmp"
+    _write(tmp, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    os.replace(tmp, path)
+    return path
+
+
+def _require_listed(root: Path, verified: set[str], needed: list[str]) -> None:
+    for name in needed:
+        if name not in verified:
+            raise IntegrityError(
+                f"{MANIFEST} in {root} does not list {name}, which {CONFIG_FILE} needs: "
+                "the directory was not written by Pipeline.save; save the pipeline again"
+            )
+
+
 def _read_weights(module: nn.Module, path: Path) -> None:
     from safetensors.torch import load_model
 
@@ -224,9 +419,14 @@ def load(directory: str | Path, **objects: Any) -> Pipeline:
         root = root.parent
     config_path = root / CONFIG_FILE
     if not config_path.is_file():
+        # A kill between the two renames of a save leaves the complete copy under a temporary name.
+        with contextlib.suppress(OSError):
+            _atomic.recover_dir(root, _is_complete_save, tidy=("old", "trash"))
+    if not config_path.is_file():
         raise ConfigError(
             f"no {CONFIG_FILE} in {str(root)!r}: give the directory written by Pipeline.save or `ddkit train`"
         )
+    verified = _verify_manifest(root) if (root / MANIFEST).exists() else None
     try:
         doc = _toml.load(config_path)
     except _toml.TOMLDecodeError as exc:
@@ -241,9 +441,26 @@ def load(directory: str | Path, **objects: Any) -> Pipeline:
             f"{config_path} has format {fmt!r}, but this ddkit reads format {FORMAT} or older; "
             f"it was written by ddkit {meta.get('version', '?')}: upgrade ddkit-core"
         )
+    if verified is None and fmt >= 2:
+        raise IntegrityError(
+            f"{root} has no {MANIFEST}: the save was not completed or the file was deleted; "
+            "save the pipeline again, or copy the whole folder again from the source"
+        )
+    if verified is None:
+        warnings.warn(
+            f"{root} was saved by ddkit {meta.get('version', '?')} (format {fmt}), which hashed only the "
+            f"weights: changes to its {CONFIG_FILE} cannot be detected; save it again to protect it",
+            UserWarning,
+            stacklevel=3,
+        )
     rates = [str(r) for r in ema.get("rates", [])]
+    bundled = _resolve_guidance_weights(doc, root)
+    needed = [MODEL_FILE, *(_ema_file(r) for r in rates), *bundled]
     _check_plugins(doc, provenance)
-    _verify(root, weights, [MODEL_FILE, *(_ema_file(r) for r in rates)])
+    if verified is None:
+        _verify(root, weights, needed)
+    else:
+        _require_listed(root, verified, [*needed, *weights])
     pipe = Pipeline.from_config(doc, **objects)
     from ddkit.conditioning import attach_saved_null_embeddings
 

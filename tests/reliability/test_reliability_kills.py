@@ -1,0 +1,148 @@
+"""Randomized SIGKILLs of ``ddkit train``: at random moments, inside checkpoint writes, rewrites, prunes.
+
+After every kill: every checkpoint under a checkpoint name verifies (0 corrupt), the newest
+complete step on disk never goes back and a resuming trainer starts from it (0 lost runs);
+every run, finished by a resume, ends with the weights of a run that was never killed, bit
+for bit (0 non-identical resumes). The trial plan is random; its seed is printed (set
+``DDKIT_RELIABILITY_SEED`` to replay one).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from _faults import (
+    assert_same_weights,
+    cli_args,
+    sigkill,
+    start,
+    wait_for,
+    write_config,
+)
+
+import ddkit
+from ddkit.cli import main
+from ddkit.cli.train import trainer_options
+from ddkit.pipeline import read_config
+from ddkit.training import checkpoint as ckpt
+
+STEPS, EVERY = 40, 5
+KILLS = 32
+#: (mode, environment of the runner, needs an earlier checkpoint). ``checkpoint:file`` is reached
+#: once per file of a checkpoint (4 files), so an n up to 12 lands in the first three checkpoints.
+MODES = ("random", "write-file", "write-manifest", "rewrite-aside", "rewrite-swapped", "prune")
+
+
+def plan(rng: random.Random, mode: str, marker: Path) -> dict[str, str]:
+    if mode == "random":
+        return {"STEP_DELAY": "0.01"}
+    label = {
+        "write-file": f"checkpoint:file:{rng.randint(1, 12)}",
+        "write-manifest": f"checkpoint:manifest:{rng.randint(1, 3)}",
+        "rewrite-aside": "replace:aside:1",
+        "rewrite-swapped": "replace:swapped:1",
+        "prune": f"prune:renamed:{rng.randint(1, 2)}",
+    }[mode]
+    env = {"STOP_AT": label, "MARKER": str(marker)}
+    if mode.startswith("rewrite"):
+        env["RESAVE"] = "1"
+    return env
+
+
+def newest_on_disk(out: Path) -> int:
+    """The newest step held by a complete checkpoint, listed or left under a temporary name."""
+    steps = [step for step, _ in ckpt.list_checkpoints(out)]
+    steps += [int(p.name[5:11]) for p in ckpt.stranded_checkpoints(out)]
+    return max(steps, default=0)
+
+
+def resumed_step(config: Path, out: Path) -> int:
+    """The step a resuming trainer starts from (built as ``ddkit train --resume`` builds it)."""
+    cfg = read_config(config)
+    options, data, _ = trainer_options(cfg, None)
+    torch.manual_seed(options["seed"])
+    trainer = ddkit.Trainer(ddkit.Pipeline.from_config(cfg), data, **options, out_dir=out, resume=True)
+    try:
+        return int(trainer.step)
+    finally:
+        trainer.close()
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_config(tmp_path_factory.mktemp("config"), steps=STEPS, every=EVERY)
+
+
+@pytest.fixture(scope="module")
+def reference(config: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run that was never killed."""
+    out = tmp_path_factory.mktemp("straight")
+    assert main(cli_args(config, out)) == 0
+    return out / ckpt.checkpoint_name(STEPS)
+
+
+def test_randomized_sigkills_lose_nothing(
+    config: Path, reference: Path, spawn_dir: Path, tmp_path: Path
+) -> None:
+    seed = int(os.environ.get("DDKIT_RELIABILITY_SEED", random.randrange(1 << 30)))
+    print(f"DDKIT_RELIABILITY_SEED={seed}")
+    rng = random.Random(seed)
+    kills: collections.Counter[str] = collections.Counter()
+    finished_runs = 0
+    run = 0
+    started = time.monotonic()
+    while sum(kills.values()) < KILLS:
+        run += 1
+        out = tmp_path / f"run{run}"
+        budget = rng.randint(7, 11)
+        on_disk = 0
+        for trial in range(budget):
+            mode = rng.choice(MODES)
+            if mode.startswith("rewrite") and on_disk == 0:
+                mode = "write-file"  # a rewrite needs a checkpoint to rewrite
+            marker = tmp_path / f"marker-{run}-{trial}"
+            extra = ("--resume",) if out.exists() else ()
+            proc = start(config, out, spawn_dir, *extra, **plan(rng, mode, marker))
+            if mode == "random":
+                lock = out / ".lock"
+                ready = wait_for(
+                    lambda lock=lock, proc=proc: lock.is_file() and lock.read_text().strip() == str(proc.pid),
+                    proc,
+                    "the trainer to start",
+                )
+                if ready:
+                    time.sleep(rng.uniform(0.0, 0.5))
+            else:
+                ready = wait_for(marker.exists, proc, f"fault point {mode}")
+            if proc.poll() is not None:  # the run finished before the kill: not a trial
+                sigkill(proc)
+                assert proc.returncode == 0
+                break
+            sigkill(proc)
+            kills[mode] += 1
+            # 0 corrupt: whatever is listed as a checkpoint is complete.
+            for _, path in ckpt.list_checkpoints(out):
+                ckpt.verify_checkpoint(path)
+            # 0 lost: the newest complete step never goes back, and a resume starts from it.
+            now = newest_on_disk(out)
+            assert now >= on_disk, f"{mode}: the newest complete checkpoint went back from {on_disk} to {now}"
+            on_disk = now
+            if out.exists():
+                assert resumed_step(config, out) == on_disk, f"{mode}: the resume did not start at {on_disk}"
+        # Finish the run and compare with the one that was never killed: 0 non-identical resumes.
+        assert main(cli_args(config, out, "--resume") if out.exists() else cli_args(config, out)) == 0
+        assert_same_weights(reference, out / ckpt.checkpoint_name(STEPS))
+        assert [p.name for p in out.iterdir() if ".tmp-" in p.name or ".old-" in p.name] == []
+        finished_runs += 1
+    total = sum(kills.values())
+    print(f"{total} SIGKILLs in {finished_runs} runs ({dict(kills)}) in {time.monotonic() - started:.0f} s")
+    assert total >= KILLS
+    assert kills["write-file"] + kills["write-manifest"] > 0
+    assert kills["rewrite-aside"] + kills["rewrite-swapped"] > 0
+    assert kills["prune"] > 0

@@ -1,0 +1,112 @@
+"""A NaN row in the data: ``on_nonfinite="stop"`` names the step and keeps the good checkpoints;
+``"skip"`` drops that batch, counts it in the log, and trains on with finite weights."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from _faults import cli_args, tiny_pipeline, write_config
+
+import ddkit
+from ddkit.cli import main
+from ddkit.cli.train import trainer_options
+from ddkit.training import checkpoint as ckpt
+from ddkit.training.guard import NonFiniteTrainingError
+
+POISONED = 17
+
+
+def data(poison: bool = True) -> torch.Tensor:
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    if poison:
+        x[POISONED] = math.nan
+    return x
+
+
+def finite(module: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
+
+
+def test_stop_names_the_step_and_keeps_the_good_checkpoints(tmp_path: Path) -> None:
+    trainer = ddkit.Trainer(
+        tiny_pipeline(),
+        data(),
+        batch_size=16,
+        out_dir=tmp_path,
+        checkpoint_every=1,
+        keep_checkpoints=2,
+        seed=4,
+    )
+    with pytest.raises(NonFiniteTrainingError) as info:
+        trainer.train(100)
+    bad = info.value.step
+    message = str(info.value)
+    assert f"training stopped at step {bad}: the loss is nan" in message
+    assert 'on_nonfinite="skip"' in message
+    assert bad <= 4  # the poisoned row is in one of the first epoch's four batches
+    assert trainer.step == bad - 1
+    assert finite(trainer.model)
+    assert all(finite(ema) for ema in trainer.ema.values())
+    # Nothing non-finite was checkpointed and the last good checkpoints were not pruned.
+    listed = ckpt.list_checkpoints(tmp_path)
+    assert [s for s, _ in listed] == [s for s in (bad - 1, bad - 2) if s > 0]
+    for _, path in listed:
+        ckpt.verify_checkpoint(path)
+        assert all(
+            bool(torch.isfinite(t).all()) for t in ckpt.load_tensors(path / "model.safetensors").values()
+        )
+    if listed:
+        assert f"the newest checkpoint, {listed[0][1].name}, is intact" in message
+
+
+def test_skip_drops_the_batch_and_counts_it(tmp_path: Path) -> None:
+    trainer = ddkit.Trainer(
+        tiny_pipeline(), data(), batch_size=16, out_dir=tmp_path, on_nonfinite="skip", log_every=4, seed=4
+    )
+    trainer.train(12)  # three epochs of four batches: the poisoned row is in three of them
+    assert trainer.nonfinite_skips == 3
+    assert finite(trainer.model)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["nonfinite_skips"] == 3
+    assert all(math.isfinite(r["loss"]) for r in log)
+    # The count is part of the run's state: a resumed run carries it on.
+    trainer.close()
+    resumed = ddkit.Trainer(
+        tiny_pipeline(), data(), batch_size=16, out_dir=tmp_path, resume=True, on_nonfinite="skip"
+    )
+    assert resumed.nonfinite_skips == 3
+
+
+def test_a_checkpoint_of_non_finite_weights_is_refused(tmp_path: Path) -> None:
+    trainer = ddkit.Trainer(tiny_pipeline(), data(poison=False), batch_size=16, out_dir=tmp_path, seed=4)
+    trainer.train(2)
+    with torch.no_grad():
+        next(trainer.model.parameters()).view(-1)[0] = math.inf
+    with pytest.raises(NonFiniteTrainingError, match="the weights after step 2 are not finite"):
+        trainer.save_checkpoint()
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2]
+    ckpt.verify_checkpoint(tmp_path / "ckpt-000002")
+
+
+def test_on_nonfinite_in_the_config_and_on_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, steps=6, every=3)
+    text = config.read_text().replace("[train]\n", '[train]\non_nonfinite = "skip"\n')
+    config.write_text(text)
+    options, _, _ = trainer_options(ddkit.pipeline.read_config(config), None)
+    assert options["on_nonfinite"] == "skip"
+    with pytest.raises(
+        ddkit.ConfigError, match=r"'on_nonfinite' must be \"stop\" .* or \"skip\" .*\(got 'ignore'\)"
+    ):
+        ddkit.Trainer(tiny_pipeline(), data(), batch_size=16, on_nonfinite="ignore")
+    assert main(cli_args(config, tmp_path / "run", "--on-nonfinite", "stop")) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(cli_args(config, tmp_path / "bad", "--on-nonfinite", "maybe"))
+    assert info.value.code == 2
+    assert "invalid choice: 'maybe'" in capsys.readouterr().err
