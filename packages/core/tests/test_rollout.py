@@ -265,3 +265,15 @@ def test_clear_errors() -> None:
 
 class _Deterministic(Ancestral):
     stochastic = False
+
+
+def test_image_to_image_rollouts_store_only_the_steps_taken() -> None:
+    pipe = make_pipe(TwoStep(steps=8))
+    init = torch.full((2, 3), 0.5, dtype=torch.float64)
+    traj = pipe.rollout(2, x_T=noise(2, torch.float64), generator=gens([1, 2]), init=init, strength=0.5)
+    assert traj.steps == 4
+    assert traj.start == 4
+    full = pipe.rollout(2, x_T=noise(2, torch.float64))
+    assert torch.equal(traj.timesteps, full.timesteps[4:])
+    for k in traj.stochastic_steps:
+        assert_close(pipe.transition_log_prob(traj, k).detach(), traj.log_probs[k], atol=1e-12)
