@@ -201,7 +201,7 @@ class ClassifierFreeGuidance:
         raise CompositionError(
             "classifier-free guidance needs the label of 'no class' for the unconditional half, but the "
             "model declares neither null_class nor num_classes; pass null_class=<the label the model was "
-            "trained with under condition dropout>, or null_cond={'y': <null labels>}"
+            "trained with under condition dropout>, or uncond={'y': <null labels>}"
         )
 
     def check(self, spec: ModelSpec, conditioning: Mapping[str, Any]) -> None:
