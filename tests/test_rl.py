@@ -52,7 +52,8 @@ class Net(nn.Module):
         h = self.inp(torch.cat([x, t.to(x.dtype)[:, None] / 1000], dim=1))
         if y is None:
             y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
-        return self.out(torch.tanh(h + self.emb(y).to(x.dtype)))
+        out: Tensor = self.out(torch.tanh(h + self.emb(y).to(x.dtype)))
+        return out
 
 
 def pipeline(
@@ -69,6 +70,11 @@ def pipeline(
     if guided:
         cfg["guidance"] = [{"name": "classifier-free", "scale": 2.5}]
     return ddkit.Pipeline.from_config(cfg)
+
+
+def net(pipe: ddkit.Pipeline) -> Net:
+    assert isinstance(pipe.model, Net)
+    return pipe.model
 
 
 def gens(seeds: range | list[int]) -> list[torch.Generator]:
@@ -100,11 +106,12 @@ def test_transition_log_prob_equals_the_rollout(
         assert max_diff(value.detach(), traj.log_probs[k]) < tol
     # Differentiable with respect to the weights, and moved by them.
     value = pipe.transition_log_prob(traj, traj.stochastic_steps[0])
-    value.sum().backward()
-    assert pipe.model.inp.weight.grad is not None
-    assert float(pipe.model.inp.weight.grad.abs().max()) > 0.0
+    torch.autograd.backward(value.sum())
+    grad = net(pipe).inp.weight.grad
+    assert grad is not None
+    assert float(grad.abs().max()) > 0.0
     with torch.no_grad():
-        pipe.model.out.bias += 0.1
+        net(pipe).out.bias.add_(0.1)
     moved = pipe.transition_log_prob(traj, traj.stochastic_steps[0]).detach()
     assert max_diff(moved, value.detach()) > 1e-4
 
