@@ -74,6 +74,8 @@ def config_for(kind: str, name: str) -> tuple[dict[str, Any], dict[str, Any], di
     elif kind == "parameterization":
         cfg["parameterization"] = {"name": name}
         cfg["sampler"] = {"name": "ddpm"}  # previous-x predicts one training step back: the full chain
+        if name == "velocity":  # a path's velocity: it needs a continuous path
+            cfg["schedule"] = {"name": "rectified-flow", "timesteps": 50}
     elif kind == "model":
         if name == "adm-unet":
             cfg["model"] = dict(SMALL_UNET)
@@ -90,6 +92,9 @@ def config_for(kind: str, name: str) -> tuple[dict[str, Any], dict[str, Any], di
             cond = {}
     elif kind == "sampler":
         cfg["sampler"] = {"name": name, "steps": 3}
+        if name == "flow-sde":  # Flow-GRPO's SDE is written for flow models
+            cfg["schedule"] = {"name": "rectified-flow", "timesteps": 50}
+            cfg["parameterization"] = {"name": "velocity"}
     elif kind == "guidance":
         cfg["guidance"] = [{"name": name, "scale": 2.0}]
         if name == "classifier":
