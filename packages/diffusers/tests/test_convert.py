@@ -80,6 +80,9 @@ def test_samplers_and_spacings_follow_the_scheduler() -> None:
     assert _sampler(PNDMScheduler())["name"] == "plms"
     euler = _sampler(EulerDiscreteScheduler(use_karras_sigmas=True))
     assert (euler["name"], euler["spacing"], euler["steps"]) == ("euler", "karras", 50)
+    offset_karras = EulerDiscreteScheduler(use_karras_sigmas=True, timestep_spacing="leading", steps_offset=1)
+    karras = _sampler(offset_karras)
+    assert (karras["spacing"], karras["steps"]) == ("karras", 50)  # Karras σ's ignore the offset grid
     dpm = _sampler(DPMSolverMultistepScheduler(solver_order=3, lambda_min_clipped=-5.1))
     assert dpm == {
         "name": "dpm-solver++",

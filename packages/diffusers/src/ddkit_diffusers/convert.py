@@ -239,7 +239,7 @@ def sampler_table(cfg: Mapping[str, Any], steps: int | None, problems: list[str]
     if cfg.get("use_karras_sigmas", False):
         if name not in ("euler", "euler-ancestral", "heun", "dpm-solver++"):
             problems.append(f"scheduler 'use_karras_sigmas' has no meaning for ddkit's {name!r} sampler")
-        table["spacing"] = "karras"
+        table["steps"], table["spacing"] = steps, "karras"
     if name == "dpm-solver++":
         order = cfg.get("solver_order", 2)
         if order not in (2, 3):
