@@ -9,9 +9,9 @@ Three parts, on one CPU thread:
    standard deviation over the seeds.
 2. **transition_log_prob against one model forward.** One call (with gradients recorded, no
    backward) against the network's own forward on the same batch, also recording gradients;
-   median of interleaved repetitions, at the example's batch and at a larger one.
+   median CPU time of interleaved repetitions, at the example's batch (256) and at 2048.
 3. **Rollout overhead.** ``pipe.rollout(n)`` against ``pipe.sample(n)`` with the same sampler
-   and batch, per step; median of interleaved repetitions.
+   and batch, per step; median CPU time of interleaved repetitions.
 
     python bench/rl_finetune.py [--seeds 3] [--iterations 30] [--json out.json]
 
@@ -52,15 +52,19 @@ def load_example(name: str) -> ModuleType:
 
 
 def median_time(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, float]:
-    """Median seconds per call of each function, the functions interleaved in every repetition."""
+    """Median CPU seconds per call of each function, the functions interleaved in every repetition.
+
+    CPU time of this (one-threaded) process, not wall time: on a shared machine other processes'
+    load then slows the figures far less.
+    """
     times: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():
         fn()  # warm-up
     for _ in range(reps):
         for key, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             fn()
-            times[key].append(time.perf_counter() - t0)
+            times[key].append(time.process_time() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -130,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "grpo": reward_part(grpo, "grpo", args.seeds, args.iterations),
     }
     pipe = ddpo.pretrained(seed=0, steps=1)  # the costs do not depend on the weights
-    result["cost"] = [cost_part(pipe, batch, args.reps) for batch in (256, 4096)]
+    result["cost"] = [cost_part(pipe, batch, args.reps) for batch in (256, 2048)]
     result["wall_s"] = time.perf_counter() - t0
     result["machine"] = {
         "python": platform.python_version(),
