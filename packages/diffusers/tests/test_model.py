@@ -97,3 +97,33 @@ def test_refuses_a_missing_folder_pickle_weights_and_other_classes(tmp_path: Pat
         ddkit.create("model", "diffusers", path=str(tmp_path))
     with pytest.raises(ConfigError, match="'dtype' must be one of float32"):
         ddkit.create("model", "diffusers", path=str(vae_folder), dtype="half")
+
+
+def test_an_sd3_transformer_takes_its_two_conditionings(tmp_path: Path) -> None:
+    from diffusers import SD3Transformer2DModel
+
+    folder = tmp_path / "sd3"
+    options = {
+        "sample_size": 8,
+        "patch_size": 2,
+        "in_channels": 4,
+        "out_channels": 4,
+        "num_layers": 1,
+        "attention_head_dim": 8,
+        "num_attention_heads": 2,
+        "joint_attention_dim": 16,
+        "caption_projection_dim": 16,
+        "pooled_projection_dim": 8,
+        "pos_embed_max_size": 8,
+    }
+    seeded(0, SD3Transformer2DModel, **options).save_pretrained(folder, safe_serialization=True)
+    model = ddkit.create("model", "diffusers", path=str(folder))
+    assert model.spec.sample_shape == (4, 8, 8)
+    reference = SD3Transformer2DModel.from_pretrained(folder).eval()
+    x, t = _x(2, 4, 8, 8), torch.tensor([250.0, 750.0])  # flow models get fractional t·T
+    cond = {"encoder_hidden_states": _x(2, 5, 16, seed=1), "pooled_projections": _x(2, 8, seed=2)}
+    with torch.no_grad():
+        want = reference(hidden_states=x, timestep=t, **cond).sample
+        assert torch.equal(model(x, t, **cond), want)
+    with pytest.raises(CompositionError, match="SD3Transformer2DModel needs pooled_projections"):
+        model(x, t, encoder_hidden_states=cond["encoder_hidden_states"])
