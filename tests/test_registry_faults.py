@@ -181,17 +181,37 @@ def test_a_saved_part_from_a_plugin_kept_out_by_a_switch_says_installed_but_not_
         monkeypatch.delenv(env)
 
 
+OWN_SCHEDULE = """
+from ddkit import Record, hookimpl
+
+@hookimpl
+def ddkit_schedules():
+    return [Record("shadowed", "{module}_impl:other_linear", "A schedule of its own.")]
+"""
+
+
 def test_a_saved_part_whose_distribution_is_gone_names_it_and_the_other_provider(
     ddkit_site: FakeSite, tmp_path: Path
 ) -> None:
-    saved = _save(tmp_path)
-    text = (saved / "pipeline.toml").read_text()
-    (saved / "pipeline.toml").write_text(
-        text.replace('distribution = "ddkit-core"', 'distribution = "gone-dist"', 1)
+    import shutil
+
+    info = ddkit_site.add_distribution(
+        "first-plugin",
+        {"first_plugin": OWN_SCHEDULE.format(module="first_plugin"), "first_plugin_impl": SHADOW_IMPL},
+        version="1.2",
     )
-    with fresh_registry(discover=True), pytest.raises(UnknownPluginError) as info:
-        Pipeline.load(saved)
-    message = str(info.value)
-    assert "was provided by gone-dist" in message
-    assert "pip install gone-dist" in message
-    assert "ddkit-core registers a" in message
+    with fresh_registry(discover=True):
+        ddkit.Pipeline.from_config({**CFG, "schedule": {"name": "shadowed", "timesteps": 20}}).save(
+            tmp_path / "s"
+        )
+    shutil.rmtree(info)  # first-plugin is uninstalled; second-plugin registers the same name
+    ddkit_site.add_distribution(
+        "second-plugin",
+        {"second_plugin": OWN_SCHEDULE.format(module="second_plugin"), "second_plugin_impl": SHADOW_IMPL},
+    )
+    with fresh_registry(discover=True), pytest.raises(UnknownPluginError) as raised:
+        Pipeline.load(tmp_path / "s")
+    message = str(raised.value)
+    assert "schedule 'shadowed' was provided by first-plugin 1.2, which is not installed here" in message
+    assert "pip install first-plugin==1.2" in message
+    assert "second-plugin registers a schedule 'shadowed' too" in message

@@ -221,6 +221,11 @@ def _matches(value: object, hint: object) -> bool | None:
         return isinstance(value, numbers.Real) and not isinstance(value, bool)
     if hint in _PLAIN_TYPES:
         return isinstance(value, hint)
+    if isinstance(hint, type) and not getattr(hint, "_is_protocol", False):
+        try:
+            return isinstance(value, hint)  # a plain class (np.ndarray, Tensor, nn.Module)
+        except TypeError:
+            return None
     return None
 
 
@@ -229,6 +234,8 @@ def _matches_container(value: object, origin: object, args: tuple[object, ...]) 
         return None
     if not isinstance(value, origin):
         return False
+    if isinstance(value, (str, bytes)) and origin is not str:
+        return False  # a string is a sequence of characters, never the list of values meant
     if not args or not isinstance(value, Iterable) or isinstance(value, Mapping):
         return True
     items = list(value)

@@ -188,7 +188,8 @@ def linear(
     scale = 1000 / t
     betas = np.linspace(scale * beta_start, scale * beta_end, t, dtype=np.float64)
     hint = (
-        f"betas are scaled by 1000/T = {scale:g}: use T >= {math.ceil(1000 * beta_end)} or a smaller beta_end"
+        f"'beta_start' and 'beta_end' are scaled by 1000/timesteps = {scale:g}: use timesteps >= "
+        f"{max(1, math.ceil(1000 * max(beta_start, beta_end)))} or smaller beta_start and beta_end"
     )
     _check_range("linear", betas, hint)
     return _finish(betas, "linear", zero_terminal_snr, timesteps=t, beta_start=beta_start, beta_end=beta_end)
@@ -273,7 +274,9 @@ def sigmoid(
         value = (v_end - sig((u * (end - start) + start) / tau)) / (v_end - v_start)
         return min(max(value, clip_min), 1.0)
 
-    betas = _check_range("sigmoid", betas_for_alpha_bar(t, alpha_bar, max_beta), "check start, end and tau")
+    betas = _check_range(
+        "sigmoid", betas_for_alpha_bar(t, alpha_bar, max_beta), "check start, end, tau and clip_min"
+    )
     params = {
         "timesteps": t,
         "start": start,

@@ -18,7 +18,7 @@ from ddkit.denoiser import choose_form
 from ddkit.diffusion.parameterization import GaussianParameterization, output_channel_error
 from ddkit.errors import CompositionError, InputError, InputTypeError
 from ddkit.protocols import Generator, Guidance, ModelSpec, Sampler, declares_spec
-from ddkit.sampling.inputs import check_generator, check_x_T
+from ddkit.sampling.inputs import check_generator, check_x_T, weights_dtype
 
 __all__ = [
     "check_channels",
@@ -48,6 +48,12 @@ def check_channels(
     sample_shape: Sequence[int] | None,
 ) -> None:
     """The model's output channels against the variance mode, and the sample shape against its input."""
+    declared = tuple(spec.sample_shape) if spec.sample_shape is not None else None
+    if sample_shape is not None and declared is not None and len(sample_shape) != len(declared):
+        raise CompositionError(
+            f"[sample] shape {list(sample_shape)} has {len(sample_shape)} dimensions, but {model_title} "
+            f"samples shape {list(declared)}; set shape = {list(declared)} or change the model"
+        )
     if sample_shape is not None and spec.in_channels is not None and sample_shape[0] != spec.in_channels:
         raise CompositionError(
             f"[sample] shape {list(sample_shape)} has {sample_shape[0]} channels, but {model_title} takes "
@@ -184,10 +190,10 @@ def check_sampling_start(
 ) -> tuple[int, Tensor | None]:
     """The number of samples and ``x_T`` (or ``None``: draw it), checked before any sampling work.
 
-    A NumPy ``x_T`` becomes a tensor; a float64 ``x_T`` for a model whose weights are not float64
-    is cast to their dtype (the sample comes back in it); ``x_T`` must fit the model's declared
-    shape and ``sample_shape`` (the pipeline's, latent in a latent pipeline). Its finiteness is
-    the sampler's check (:mod:`ddkit.sampling.inputs`).
+    A NumPy ``x_T`` becomes a tensor; an ``x_T`` of another floating dtype than the model's
+    weights (float64 noise for float32 weights) is cast to theirs (the sample comes back in it);
+    ``x_T`` must fit the model's declared shape and ``sample_shape`` (the pipeline's, latent in
+    a latent pipeline). Its finiteness is the sampler's check (:mod:`ddkit.sampling.inputs`).
     """
     count = None if n is None else _count(n)
     x: Tensor | None = None
@@ -196,10 +202,9 @@ def check_sampling_start(
 
         if isinstance(x_T, np.ndarray) and np.issubdtype(x_T.dtype, np.floating):
             x_T = torch.from_numpy(x_T)
-        if isinstance(x_T, Tensor) and x_T.dtype == torch.float64 and isinstance(model, torch.nn.Module):
-            dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
-            if len(dtypes) == 1 and torch.float64 not in dtypes:
-                x_T = x_T.to(next(iter(dtypes)))
+        dtype = weights_dtype(model)
+        if isinstance(x_T, Tensor) and dtype is not None and _recast(x_T, dtype):
+            x_T = x_T.to(dtype)  # float64 or float16 noise for float32 weights (and so on)
         x = check_x_T(x_T, model, finite=False)
         if sample_shape is not None and tuple(x.shape[1:]) != tuple(sample_shape):
             raise InputError(
@@ -213,6 +218,11 @@ def check_sampling_start(
         raise InputError("give n, the number of samples, or x_T, the starting noise")
     check_generator(generator, count)
     return count, x
+
+
+def _recast(x: Tensor, weights: torch.dtype) -> bool:
+    """Whether noise of ``x``'s dtype is cast to the weights' (float32 noise is left to the model)."""
+    return x.is_floating_point() and x.dtype not in (weights, torch.float32)
 
 
 def check_loss_inputs(

@@ -130,6 +130,8 @@ class Part:
     params: dict[str, Any] = attrs.field(factory=dict)
     obj: Any = None
     injected: dict[str, Any] = attrs.field(factory=dict)
+    #: Keys of the part's table that the pipeline reads itself, not the factory (``[model] compile``).
+    options: dict[str, Any] = attrs.field(factory=dict)
 
     @property
     def title(self) -> str:
@@ -145,6 +147,7 @@ class Part:
         out: dict[str, Any] = {"name": self.name}
         for key, value in self.params.items():
             out[key] = value if _is_plain(value) else object_marker(value)
+        out.update(self.options)
         return out
 
 
@@ -199,7 +202,7 @@ def registry_factory(kind: str, name: str) -> Callable[..., Any]:
 
 
 def recorded_providers(provenance: Mapping[str, Any]) -> dict[tuple[str, str], str]:
-    """``(kind, name) -> distribution`` from a saved pipeline's ``[provenance]`` table.
+    """``(kind, name) -> "distribution==version"`` from a saved pipeline's ``[provenance]`` table.
 
     Loading under these pins (:func:`ddkit.registry.pinned_providers`) rebuilds each part from
     the distribution that provided it when saved, whatever else registers the same name now.
@@ -213,9 +216,9 @@ def recorded_providers(provenance: Mapping[str, Any]) -> dict[tuple[str, str], s
         for record in value if isinstance(value, list) else [value]:
             if not isinstance(record, Mapping):
                 continue
-            name, dist = record.get("name"), record.get("distribution")
+            name, dist, version = record.get("name"), record.get("distribution"), record.get("version")
             if isinstance(name, str) and ":" not in name and isinstance(dist, str) and dist.strip():
-                pins[(kind, name)] = dist
+                pins[(kind, name)] = f"{dist}=={version}" if isinstance(version, str) and version else dist
     return pins
 
 
@@ -407,6 +410,10 @@ def parse_config(
         part = parse_part(section, f"[{section}]", value, problems)
         if part is not None:
             parts[section] = part
+            if section == "model" and part.name is not None:
+                from ddkit.pipeline.compile import take_options
+
+                take_options(part, problems)  # [model] compile = true: the pipeline's keys, not the factory's
     guidance_value = objects.pop("guidance") if "guidance" in objects else cfg.get("guidance")
     guidance = parse_guidance(guidance_value, problems)
     loss = _loss(cfg.get("loss"), problems)

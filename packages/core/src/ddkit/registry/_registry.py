@@ -42,6 +42,9 @@ _PINS: contextvars.ContextVar[Mapping[tuple[str, str], str] | None] = contextvar
 def pinned_providers(providers: Mapping[tuple[str, str], str]) -> Iterator[None]:
     """Resolve each ``(kind, name)`` in ``providers`` from that distribution only, inside the block.
 
+    A provider is a distribution name, optionally with the version it was saved with
+    (``"ddkit-samplers==0.1.0"``, used in messages only: any installed version serves).
+
     A saved pipeline records which distribution provided each part; loading it under these pins
     builds the same parts even when another plugin registers one of the names too, and says
     exactly why when the recorded distribution is missing or not loaded. Names qualified as
@@ -232,9 +235,10 @@ class Registry:
         candidates = self._entries[kind].get(short, [])
         pinned = None if distribution else (_PINS.get() or {}).get((kind, short))
         if pinned is not None:
-            chosen = [e for e in candidates if normalize(e.plugin.distribution) == normalize(pinned)]
+            wanted, _, version = pinned.partition("==")
+            chosen = [e for e in candidates if normalize(e.plugin.distribution) == normalize(wanted)]
             if not chosen:
-                raise UnknownPluginError(self.explain_missing(kind, short, pinned))
+                raise UnknownPluginError(self.explain_missing(kind, short, wanted, version or None))
             candidates = chosen
         if distribution:
             candidates = [

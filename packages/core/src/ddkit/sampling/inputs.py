@@ -29,7 +29,33 @@ from torch import Tensor, nn
 from ddkit.errors import InputError, InputTypeError, NonFiniteError
 from ddkit.protocols import Generator, SamplerState, model_spec
 
-__all__ = ["check_final", "check_generator", "check_start", "check_x_T", "watch_first_output"]
+__all__ = [
+    "MAX_STEPS",
+    "check_final",
+    "check_generator",
+    "check_start",
+    "check_steps",
+    "check_x_T",
+    "watch_first_output",
+]
+
+#: The most sampling steps a sampler may take: as many as the longest schedule has training steps
+#: (:data:`ddkit.diffusion.schedules.MAX_TIMESTEPS`); a continuous solver's grid is built in memory.
+MAX_STEPS = 100_000
+
+
+def check_steps(steps: object) -> int | None:
+    """``steps`` if it is None or a positive int of at most :data:`MAX_STEPS`, else a ddkit error."""
+    if steps is None:
+        return None
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise InputTypeError(f"'steps' must be a positive int or None (got {steps!r})")
+    if not 1 <= steps <= MAX_STEPS:
+        raise InputError(
+            f"'steps' must be a positive int of at most {MAX_STEPS} (got {steps!r}); samplers take "
+            "10 to 1000 steps (None: the sampler's default)"
+        )
+    return steps
 
 
 def check_x_T(x_T: object, model: object = None, *, name: str = "x_T", finite: bool = True) -> Tensor:
@@ -151,6 +177,14 @@ def check_final(sampler: str, state: SamplerState, total: int) -> None:
     )
 
 
+def weights_dtype(model: object) -> torch.dtype | None:
+    """The one floating dtype of ``model``'s parameters (None: not a module, or mixed precisions)."""
+    if not isinstance(model, nn.Module):
+        return None
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    return next(iter(dtypes)) if len(dtypes) == 1 else None
+
+
 def _as_tensor(value: object, name: str) -> Tensor:
     if isinstance(value, Tensor):
         return value
@@ -190,11 +224,12 @@ def _check_fits_model(x: Tensor, model: object, name: str) -> None:
             f"{spec.in_channels} (in_channels={spec.in_channels}); give x_T of shape "
             f"[B, {spec.in_channels}, ...]"
         )
-    if x.dtype == torch.float64 and isinstance(model, nn.Module):
-        dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
-        if dtypes and torch.float64 not in dtypes:
-            weights = ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes))
-            raise InputError(
-                f"{name} is float64 but the model's weights are {weights}; pass {name}.float() "
-                "(Pipeline.sample does this for you), or model.double() to sample in float64"
-            )
+    dtype = weights_dtype(model)
+    if dtype is not None and x.dtype not in (dtype, torch.float32):
+        # float32 noise is what every model takes (a float16 network casts its input itself).
+        kind = str(x.dtype).replace("torch.", "")
+        weights = str(dtype).replace("torch.", "")
+        raise InputError(
+            f"{name} is {kind} but the model's weights are {weights}; pass {name}.to({dtype}) "
+            f"(Pipeline.sample does this for you), or model.to({x.dtype}) to sample in {kind}"
+        )
