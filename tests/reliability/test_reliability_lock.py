@@ -86,3 +86,16 @@ def test_lock_file_records_the_holder_only_while_it_holds(tmp_path: Path) -> Non
     assert not lock.held
     with RunDirectoryLock(tmp_path) as again:  # released: free for the next one
         assert again.held
+
+
+def test_a_trainer_whose_setup_failed_does_not_keep_the_directory(tmp_path: Path) -> None:
+    kept = []
+    try:
+        ddkit.Trainer(tiny_pipeline(), points(), batch_size=16, out_dir=tmp_path, cond_dropout=0.1)
+    except ddkit.ConfigError as exc:  # no null class to drop labels to: found after the lock was taken
+        kept.append(exc)  # the traceback keeps the half-built trainer alive, as a notebook does
+    assert kept
+    trainer = ddkit.Trainer(tiny_pipeline(), points(), batch_size=16, out_dir=tmp_path)
+    trainer.train(1)
+    assert ckpt.list_checkpoints(tmp_path)[0][0] == 1
+    trainer.close()

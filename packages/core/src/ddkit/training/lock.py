@@ -12,6 +12,8 @@ from __future__ import annotations
 import fcntl
 import gc
 import os
+import threading
+import weakref
 from pathlib import Path
 from types import TracebackType
 
@@ -35,12 +37,17 @@ class RunDirectoryLock:
     .. versionadded:: 0.2.0
     """
 
-    __slots__ = ("_fd", "directory", "path")
+    __slots__ = ("__weakref__", "_fd", "_thread", "claimed", "directory", "path")
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, *, provisional: bool = False) -> None:
         self.directory = Path(directory)
         self.path = self.directory / LOCK_FILE
         self._fd: int | None = None
+        self._thread: int | None = None
+        #: False (``provisional``) while the owner is still being set up: a Trainer whose
+        #: ``__init__`` raised (kept alive by its traceback) must not keep the directory from the
+        #: next one made in the same thread. The owner sets it once it is ready.
+        self.claimed = not provisional
 
     @property
     def held(self) -> bool:
@@ -57,15 +64,15 @@ class RunDirectoryLock:
             if not _try_lock(fd):
                 holder = _read_pid(fd)
                 if holder == os.getpid():
-                    # A Trainer of this process that nobody references any more may still hold it
-                    # until the cycle collector runs; collect once and try again.
-                    gc.collect()
+                    _free_abandoned(self.path)
                 if holder != os.getpid() or not _try_lock(fd):
                     raise RunLockedError(_busy_message(self.directory, holder))
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
+        self._thread = threading.get_ident()
+        _HELD[str(self.path.resolve())] = weakref.ref(self)
         if record_pid:
             self.record_pid()
 
@@ -94,6 +101,23 @@ class RunDirectoryLock:
 
     def __del__(self) -> None:
         self.release()
+
+
+#: The locks this process holds, by lock-file path.
+_HELD: dict[str, weakref.ref[RunDirectoryLock]] = {}
+
+
+def _free_abandoned(path: Path) -> None:
+    """Release this process's lock on ``path`` if its owner is gone or never finished setting up.
+
+    A Trainer nobody references may hold it until the cycle collector runs; one whose
+    ``__init__`` raised in this thread is kept alive by the traceback but can never train.
+    """
+    gc.collect()
+    ref = _HELD.get(str(path.resolve()))
+    holder = ref() if ref is not None else None
+    if holder is not None and not holder.claimed and holder._thread == threading.get_ident():
+        holder.release()
 
 
 def _try_lock(fd: int) -> bool:

@@ -252,6 +252,8 @@ class Trainer:
         self._ddp = self._wrap_ddp()
         if self.distributed:
             distributed.barrier()
+        if self._lock is not None:
+            self._lock.claimed = True  # until now a failed __init__ leaves a lock a new Trainer may take
 
     # -- setup ------------------------------------------------------------------------
 
@@ -261,7 +263,7 @@ class Trainer:
             return []
         problem: str | None = None
         if self.rank == 0:
-            self._lock = RunDirectoryLock(self.out_dir)
+            self._lock = RunDirectoryLock(self.out_dir, provisional=True)
             try:
                 self._lock.acquire(record_pid=False)  # a trainer that refuses the directory writes nothing
                 problem = self._check_out_dir()
