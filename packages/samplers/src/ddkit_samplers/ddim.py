@@ -11,7 +11,7 @@ from torch import Tensor
 from ddkit.denoiser import Denoiser
 from ddkit.errors import CompositionError
 from ddkit.protocols import SamplerState
-from ddkit.sampling import DEFAULT_LAMBDA_MIN, Plan, Run, SamplerBase, Spacing, gaussian_log_prob, real
+from ddkit.sampling import DEFAULT_LAMBDA_MIN, Plan, Run, SamplerBase, Spacing, Transition, real
 
 __all__ = ["DDIM"]
 
@@ -70,31 +70,16 @@ class DDIM(SamplerBase):
     def _plan(self, denoiser: Denoiser) -> Plan:
         return self._chain_plan(denoiser)
 
-    def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
+    def transition(self, plan: Plan, k: int, x: Tensor, history: Any = None) -> Transition:
+        """Eq. 12 at chain step t = N − 1 − k: mean sqrt(ᾱ_{t-1})·x̂_0 + sqrt(1 − ᾱ_{t-1} − σ²)·ε̂, std σ."""
         d = plan.denoiser
         chain = d.process
-        n = chain.num_timesteps
-        coefs = []
-        for i in range(n):
-            ab, ab_prev = float(chain.alphas_cumprod[i]), float(chain.alphas_cumprod_prev[i])
-            sigma = self.eta * math.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
-            coefs.append((*_weights(ab, ab_prev, math.sqrt(max(1.0 - ab_prev - sigma * sigma, 0.0))), sigma))
-        for k in range(start, n):
-            i = n - 1 - k
-            c_x, c_x0, sigma = coefs[i]
-            pred = d(x, i)
-            x_new = pred.blend_x0(c_x, x, c_x0)
-            log_prob = None
-            if sigma > 0.0:
-                noise = run.noise(x)
-                x_new.add_(noise, alpha=sigma)
-                if run.log_prob:
-                    log_prob = gaussian_log_prob(noise, math.log(sigma))
-            state = SamplerState(
-                step=k - start, t=plan.timesteps[k], x=x_new, x0=pred, nfe=d.nfe, log_prob=log_prob
-            )
-            yield state
-            x = state.x
+        i = chain.num_timesteps - 1 - k
+        ab, ab_prev = float(chain.alpha_bar(i)), float(chain.coef("alphas_cumprod_prev", i, x))
+        sigma = self.eta * math.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev)) if self.eta else 0.0
+        c_x, c_x0 = _weights(ab, ab_prev, math.sqrt(max(1.0 - ab_prev - sigma * sigma, 0.0)))
+        pred = d(x, i)
+        return Transition(pred.blend_x0(c_x, x, c_x0), sigma, pred)
 
     # -- inversion -------------------------------------------------------------------------
 

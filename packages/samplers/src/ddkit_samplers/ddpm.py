@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ddkit.denoiser import Denoiser
-from ddkit.protocols import SamplerState
-from ddkit.sampling import DEFAULT_LAMBDA_MIN, Plan, Run, SamplerBase, Spacing, gaussian_log_prob
+from ddkit.sampling import DEFAULT_LAMBDA_MIN, Plan, SamplerBase, Spacing, Transition
 
 __all__ = ["DDPM"]
+
+#: The chain table of each fixed variance's log.
+_LOG_VARIANCE = {"fixed_large": "fixed_large_log_variance", "posterior": "posterior_log_variance_clipped"}
 
 
 class DDPM(SamplerBase):
@@ -53,47 +56,23 @@ class DDPM(SamplerBase):
     def _plan(self, denoiser: Denoiser) -> Plan:
         return self._chain_plan(denoiser)
 
-    def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
+    def transition(self, plan: Plan, k: int, x: Tensor, history: Any = None) -> Transition:
+        """N(μ_θ(x_t), Σ_θ(x_t)) at chain step t = N − 1 − k; deterministic at t = 0."""
         d = plan.denoiser
         chain = d.process
-        n = chain.num_timesteps
+        i = chain.num_timesteps - 1 - k
         param = d.parameterization
-        # With a fixed variance and no mean-form guidance the transition mean is the posterior
-        # mean of x_0, computed here from per-step floats; otherwise ask the denoiser for it.
-        fast = param.prediction != "previous-x" and not param.learned_variance and "mean" not in d.forms
-        log_var = (
-            chain.fixed_large_log_variance
-            if param.variance == "fixed-large"
-            else (chain.posterior_log_variance_clipped)
-        )
-        c1 = chain.posterior_mean_coef1.tolist()
-        c2 = chain.posterior_mean_coef2.tolist()
-        half_log_var = [0.5 * float(v) for v in log_var]
-        std = [math.exp(h) for h in half_log_var]
-        for k in range(start, n):
-            i = n - 1 - k
-            log_prob = None
-            if fast:
-                pred = d(x, i)
-                x_new = pred.blend_x0(c2[i], x, c1[i])
-                if i > 0:
-                    noise = run.noise(x)
-                    x_new.add_(noise, alpha=std[i])
-                    if run.log_prob:
-                        log_prob = gaussian_log_prob(noise, half_log_var[i])
-            else:
-                pred = d(x, i, posterior=True)
-                assert pred.mean is not None
-                assert pred.log_variance is not None
-                x_new = pred.mean
-                if i > 0:
-                    noise = run.noise(x)
-                    half = 0.5 * pred.log_variance
-                    x_new = x_new + torch.exp(half) * noise
-                    if run.log_prob:
-                        log_prob = gaussian_log_prob(noise, half)
-            state = SamplerState(
-                step=k - start, t=plan.timesteps[k], x=x_new, x0=pred, nfe=d.nfe, log_prob=log_prob
-            )
-            yield state
-            x = state.x
+        if param.prediction != "previous-x" and not param.learned_variance and "mean" not in d.forms:
+            # A fixed variance and no mean-form guidance: the transition mean is the posterior
+            # mean of x̂_0, one fused combination of x and the network output.
+            pred = d(x, i)
+            c1, c2 = chain.coef("posterior_mean_coef1", i, x), chain.coef("posterior_mean_coef2", i, x)
+            mean = pred.blend_x0(float(c2), x, float(c1))
+            table = "fixed_large" if param.variance == "fixed-large" else "posterior"
+            log_var = chain.coef(_LOG_VARIANCE[table], i, x)
+            std = math.exp(0.5 * float(log_var)) if i > 0 else 0.0
+            return Transition(mean, std, pred)
+        pred = d(x, i, posterior=True)
+        assert pred.mean is not None
+        assert pred.log_variance is not None
+        return Transition(pred.mean, torch.exp(0.5 * pred.log_variance) if i > 0 else 0.0, pred)

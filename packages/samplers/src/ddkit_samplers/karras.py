@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from ddkit.sampling import (
     Run,
     SamplerBase,
     Spacing,
-    gaussian_log_prob,
+    Transition,
     real,
     sigma_to_t,
 )
@@ -218,27 +218,18 @@ class EulerAncestral(_Karras):
         self.s_noise = real("s_noise", s_noise, low=0.0)
         self.stochastic = self.eta > 0.0 and self.s_noise > 0.0
 
-    def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
-        d = plan.denoiser
+    def transition(self, plan: Plan, k: int, x: Tensor, history: Any = None) -> Transition:
+        """An Euler step from σ_k down to σ_down, then N(·, (a'·σ_up·s_noise)²) in x's scaling."""
         sig = plan.extra
-        n = plan.steps
-        for k in range(start, n):
-            s, s_next = sig[k], sig[k + 1]
-            a, a_next = 1.0 / math.sqrt(1.0 + s * s), 1.0 / math.sqrt(1.0 + s_next * s_next)
-            s_up = min(s_next, self.eta * math.sqrt(max(s_next**2 * (s**2 - s_next**2) / s**2, 0.0)))
-            s_down = math.sqrt(max(s_next**2 - s_up**2, 0.0))
-            pred = d(x, _step_t(plan.timesteps[k]), alpha_bar=a * a)
-            r = s_down / s
-            x_new = pred.blend_x0(a_next * r / a, x, a_next * (1.0 - r))
-            log_prob = None
-            std = a_next * s_up * self.s_noise
-            if std > 0.0:
-                noise = run.noise(x)
-                x_new.add_(noise, alpha=std)
-                if run.log_prob:
-                    log_prob = gaussian_log_prob(noise, math.log(std))
-            state = SamplerState(
-                step=k - start, t=plan.timesteps[k], x=x_new, x0=pred, nfe=d.nfe, log_prob=log_prob
-            )
-            yield state
-            x = state.x
+        s, s_next = sig[k], sig[k + 1]
+        # sqrt(ᾱ) and sqrt(1 − ᾱ) of σ, finite at σ = ∞ (a path's pure-noise start: ᾱ = 0).
+        a = 0.0 if math.isinf(s) else 1.0 / math.sqrt(1.0 + s * s)
+        v = 1.0 if math.isinf(s) else s * a
+        a_next = 1.0 / math.sqrt(1.0 + s_next * s_next)
+        q = s_next / s  # 0 at σ = ∞
+        s_up = min(s_next, self.eta * s_next * math.sqrt(max(1.0 - q * q, 0.0)))
+        s_down = math.sqrt(max(s_next**2 - s_up**2, 0.0))
+        pred = plan.denoiser(x, _step_t(plan.timesteps[k]), alpha_bar=a * a)
+        # x̃' = x̃ + (σ_down − σ)(x̃ − D)/σ in x's scaling: weights a'·σ_down/sqrt(1 − ᾱ) and a'(1 − σ_down/σ).
+        mean = pred.blend_x0(a_next * s_down / v, x, a_next * (1.0 - s_down / s))
+        return Transition(mean, a_next * s_up * self.s_noise, pred)

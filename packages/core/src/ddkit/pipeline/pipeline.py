@@ -42,6 +42,7 @@ from ddkit.protocols import (
     model_spec,
 )
 from ddkit.registry import create
+from ddkit.trajectory import Trajectory
 
 __all__ = ["Pipeline"]
 
@@ -470,10 +471,8 @@ class Pipeline:
         return self._denoiser(n, conditioning)
 
     def _make_denoiser(self, conditioning: Mapping[str, Any]) -> Denoiser:
-        from ddkit.pipeline.compile import sampling_model
-
         return Denoiser(
-            sampling_model(self),  # compiled when the config says [model] compile = true
+            self.sampling_model,
             self.parameterization,
             self.process,
             guidances=self.guidances,
@@ -609,6 +608,59 @@ class Pipeline:
                 known=known,
             )
         return self.decode(z) if decode else z
+
+    # -- reinforcement learning ----------------------------------------------------------
+
+    def rollout(
+        self,
+        n: int | None = None,
+        *,
+        generator: Generator = None,
+        x_T: Tensor | None = None,
+        reduction: str = "mean",
+        init: Tensor | None = None,
+        strength: float | None = None,
+        mask: Tensor | None = None,
+        known: Tensor | None = None,
+        **conditioning: Any,
+    ) -> Trajectory:
+        """Sample as :meth:`sample` does; return the whole :class:`~ddkit.Trajectory` with log-probabilities.
+
+        ``traj.log_probs[k]`` is the log-density of step k's drawn transition under the current
+        weights (``reduction``: ``"mean"`` or ``"sum"`` over the non-batch dimensions; with
+        inpainting only generated elements count). Needs a stochastic sampler that describes its
+        steps (:meth:`~ddkit.sampling.SamplerBase.transition`): ddpm, ddim with eta > 0,
+        euler-ancestral, flow-sde. In a latent pipeline the states are latents.
+
+        .. versionadded:: 0.2.0
+        """
+        from ddkit.pipeline.rollout import rollout
+
+        return rollout(
+            self,
+            n,
+            generator=generator,
+            x_T=x_T,
+            reduction=reduction,
+            init=init,
+            strength=strength,
+            mask=mask,
+            known=known,
+            **conditioning,
+        )
+
+    def transition_log_prob(self, traj: Trajectory, step: int, *, reduction: str = "mean") -> Tensor:
+        """log p_θ(x_{k+1} | x_k) of a stored step under the current weights, ``[n]``, differentiable.
+
+        One model forward (no sampler loop); under the weights that drew ``traj`` it equals
+        ``traj.log_probs[step]``. The ratio of PPO (DDPO, Flow-GRPO) is
+        ``exp(pipe.transition_log_prob(traj, k) - traj.log_probs[k])``.
+
+        .. versionadded:: 0.2.0
+        """
+        from ddkit.pipeline.rollout import transition_log_prob
+
+        return transition_log_prob(self, traj, step, reduction=reduction)
 
     # -- training loss -------------------------------------------------------------------
 

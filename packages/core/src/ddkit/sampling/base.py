@@ -8,6 +8,12 @@ base class does the rest, identically for all: parameter validation, the x_0 opt
 starts (``init`` + ``strength``), inpainting (``mask`` + ``known``), callbacks, the
 progress bar, gradient-free stepping and NFE counting.
 
+A stochastic sampler whose step k draws x_{k+1} = mean_k + std_k·z may instead describe that
+step by :meth:`SamplerBase.transition` and leave ``_run`` to the base class: the same method
+then serves its loop, ``return_log_prob`` and the reinforcement-learning API
+(:meth:`ddkit.Pipeline.rollout`, :meth:`ddkit.Pipeline.transition_log_prob`), so the density
+of a stored step can never drift from the step that was taken.
+
 Inpainting follows latent-diffusion: ``mask`` is 1 where the pixel is *known* (kept from
 ``known``) and 0 where it is generated. Before the first step and after every step the known
 region is replaced by ``known`` noised to the level of the new x:
@@ -34,8 +40,9 @@ from ddkit.denoiser import Denoiser
 from ddkit.denoiser import dynamic_threshold as dynamic_threshold_fn
 from ddkit.diffusion.process import GaussianProcess
 from ddkit.errors import CompositionError, DdkitError, InputError, InputTypeError, NonFiniteError
+from ddkit.prediction import Prediction
 from ddkit.protocols import Generator, SamplerState
-from ddkit.sampling.inputs import check_final, check_start, check_steps
+from ddkit.sampling.inputs import check_final, check_start
 from ddkit.sampling.noise import randn
 from ddkit.sampling.spacing import (
     Spacing,
@@ -51,6 +58,9 @@ __all__ = [
     "Run",
     "SamplerBase",
     "SamplingWarning",
+    "Transition",
+    "check_reduction",
+    "gaussian_log_density",
     "gaussian_log_prob",
     "positive_int",
     "real",
@@ -106,16 +116,13 @@ def real(
     """``value`` as a float if it is a finite real number within [low, high], else a ddkit error.
 
     NaN is always refused, infinity unless ``allow_inf`` (a bound such as ``s_tmax`` may be
-    infinite; a noise scale may not), and so is a finite value beyond float32's range (samples
-    are float32 tensors), so no sampler parameter can turn samples into NaN.
+    infinite; a noise scale may not), so no sampler parameter can turn samples into NaN.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputTypeError(f"'{name}' must be a number (got {value!r})")
     v = float(value)
     if math.isnan(v) or (math.isinf(v) and not allow_inf):
         raise NonFiniteError(f"'{name}' must be a finite number (got {value!r})")
-    if math.isfinite(v) and abs(v) > 3.4e38:
-        raise InputError(f"'{name}' must lie within float32's range, ±3.4e38 (got {value!r})")
     if (low is not None and v < low) or (high is not None and v > high):
         lo = "-inf" if low is None else f"{low:g}"
         hi = "inf" if high is None else f"{high:g}"
@@ -136,6 +143,54 @@ def gaussian_log_prob(noise: Tensor, log_std: float | Tensor) -> Tensor:
     else:
         log_det = torch.full_like(quad, d * log_std)
     return -0.5 * quad - log_det - 0.5 * d * _LOG_2PI
+
+
+#: How a per-element log-density becomes one value per sample.
+REDUCTIONS: tuple[str, ...] = ("mean", "sum")
+
+
+def check_reduction(reduction: object) -> str:
+    """``reduction`` if it is ``"mean"`` or ``"sum"``, else an :class:`~ddkit.errors.InputError`."""
+    if reduction not in REDUCTIONS:
+        raise InputError(
+            f"'reduction' must be 'mean' (over the non-batch dimensions, as DDPO and Flow-GRPO) or 'sum' "
+            f"(got {reduction!r})"
+        )
+    return str(reduction)
+
+
+def gaussian_log_density(
+    x: Tensor,
+    mean: Tensor,
+    std: float | Tensor,
+    *,
+    reduction: str = "sum",
+    weight: Tensor | None = None,
+) -> Tensor:
+    """Per-sample log N(x; mean, std²) in ``x``'s dtype, differentiable in ``mean`` and ``std``.
+
+    ``reduction`` ``"sum"`` adds the elements' log-densities, ``"mean"`` averages them over the
+    non-batch dimensions. ``weight`` (shaped like ``x``, 1 where an element counts, 0 where it
+    does not: inpainting's known region) restricts both to the elements that count.
+
+    .. versionadded:: 0.2.0
+    """
+    z = (x - mean) / std
+    if weight is None and not isinstance(std, Tensor):
+        # One std for the step: the constant terms are per-sample scalars (fewer passes, and
+        # fewer autograd nodes where it is differentiated).
+        quad = z.square().reshape(x.shape[0], -1)
+        const = math.log(std) + 0.5 * _LOG_2PI
+        if reduction == "mean":
+            return quad.mean(dim=1).mul(-0.5).sub(const)
+        return quad.sum(dim=1).mul(-0.5).sub(const * quad.shape[1])
+    log_std = torch.log(std) if isinstance(std, Tensor) else math.log(std)
+    lp = (-0.5 * z.square() - log_std).reshape(x.shape[0], -1) - 0.5 * _LOG_2PI
+    if weight is None:
+        return lp.mean(dim=1) if reduction == "mean" else lp.sum(dim=1)
+    w = weight.to(lp.dtype).expand_as(x).reshape(x.shape[0], -1)
+    total = (lp * w).sum(dim=1)
+    return total / w.sum(dim=1).clamp(min=1.0) if reduction == "mean" else total
 
 
 @dataclass(slots=True)
@@ -159,15 +214,66 @@ class Plan:
 
 
 @dataclass(slots=True)
+class Transition:
+    """Step k of a sampler as a Gaussian: x_{k+1} ~ N(``mean``, ``std``²) (``std`` 0: deterministic).
+
+    ``std`` is a float or a tensor broadcastable to ``mean`` (a learned variance);
+    ``prediction`` the denoiser's output the step used; ``carry`` what the next step's
+    :meth:`SamplerBase.transition` gets as ``history`` (a multistep sampler's earlier x̂_0's;
+    None for one-step samplers).
+
+    .. versionadded:: 0.2.0
+    """
+
+    mean: Tensor
+    std: float | Tensor
+    prediction: Prediction | None = None
+    carry: Any = None
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the step draws noise."""
+        return isinstance(self.std, Tensor) or self.std > 0.0
+
+    def log_prob(self, x_next: Tensor, *, reduction: str = "sum", weight: Tensor | None = None) -> Tensor:
+        """Per-sample log-density of ``x_next`` under this step (see :func:`gaussian_log_density`)."""
+        return gaussian_log_density(x_next, self.mean, self.std, reduction=reduction, weight=weight)
+
+
+@dataclass(slots=True)
 class Run:
-    """Per-call options a sampler loop needs: where its noise comes from, what it reports."""
+    """Per-call options a sampler loop needs: where its noise comes from, what it reports.
+
+    ``reduction`` and ``weight`` say how :meth:`draw` reduces a step's log-density (``weight``:
+    1 on generated elements, 0 on inpainting's known ones); ``trace``, when a list, receives
+    the ``history`` each step was drawn with (what :meth:`ddkit.Pipeline.rollout` stores).
+    """
 
     generator: Generator
     log_prob: bool
+    reduction: str = "sum"
+    weight: Tensor | None = None
+    trace: list[Any] | None = None
 
     def noise(self, like: Tensor) -> Tensor:
         """Standard normal noise shaped like ``like`` (see :func:`ddkit.sampling.randn`)."""
         return randn(like.shape, self.generator, like.device, like.dtype)
+
+    def draw(self, step: Transition, history: Any = None) -> tuple[Tensor, Tensor | None]:
+        """x_{k+1} = mean + std·z for a step, and its log-density when asked for (else None).
+
+        ``history`` is what the step was computed from besides x (recorded for the trajectory).
+        """
+        if self.trace is not None:
+            self.trace.append(history)
+        if not step.stochastic:
+            return step.mean, None
+        noise = self.noise(step.mean)
+        std = step.std
+        x_new = torch.add(step.mean, noise, alpha=std) if isinstance(std, float) else step.mean + std * noise
+        if not self.log_prob:
+            return x_new, None
+        return x_new, step.log_prob(x_new, reduction=self.reduction, weight=self.weight)
 
 
 class SamplerBase:
@@ -178,13 +284,22 @@ class SamplerBase:
     ``clip_denoised``: clamp x_0 to [-1, 1] (None: the parameterization's setting);
     ``dynamic_threshold``: Imagen's percentile thresholding of x_0 (e.g. 0.995);
     ``denoised_fn``: a function applied to x_0 before clipping; ``return_log_prob``:
-    report each stochastic transition's per-sample log density in ``SamplerState.log_prob``;
+    report each stochastic transition's per-sample log density in ``SamplerState.log_prob``
+    (log N(x_{k+1}; mean, std²) summed over the non-batch dimensions, in the samples' dtype,
+    over the generated elements only when inpainting);
     ``lambda_min``: start at the last training step whose half log-SNR is at least this
     (None: the whole chain, as guided-diffusion does). ``lambda_min`` applies to the named
     spacings; a respacing string or an explicit list of timesteps is walked as given.
 
+    A stochastic sampler writes its step k as a Gaussian transition in :meth:`transition`
+    (one denoiser call; ``history`` for multistep samplers) and inherits ``_run``; a sampler
+    with its own loop calls ``self.transition`` and ``run.draw`` per step so that
+    ``return_log_prob``, :meth:`ddkit.Pipeline.rollout` and
+    :meth:`ddkit.Pipeline.transition_log_prob` all see the step it takes.
+
     .. versionchanged:: 0.2.0
-       ``lambda_min`` (default :data:`DEFAULT_LAMBDA_MIN`) on every sampler.
+       ``lambda_min`` (default :data:`DEFAULT_LAMBDA_MIN`) on every sampler;
+       :meth:`transition` and the default ``_run`` built on it.
 
     .. versionadded:: 0.1.0
     """
@@ -215,7 +330,7 @@ class SamplerBase:
         return_log_prob: bool = False,
         lambda_min: float | None = DEFAULT_LAMBDA_MIN,
     ) -> None:
-        self.steps = check_steps(steps)  # a positive int (at most MAX_STEPS) or None
+        self.steps = positive_int("steps", steps, allow_none=True)
         self.lambda_min = None if lambda_min is None else real("lambda_min", lambda_min)
         check_spacing(spacing, self.steps)
         self.spacing = spacing
@@ -246,8 +361,49 @@ class SamplerBase:
         raise NotImplementedError
 
     def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
-        """Steps ``start`` .. ``plan.steps - 1`` from ``x``; continue from ``state.x`` after each yield."""
-        raise NotImplementedError
+        """Steps ``start`` .. ``plan.steps - 1`` from ``x``; continue from ``state.x`` after each yield.
+
+        The default walks :meth:`transition` step by step (a subclass gives one or the other).
+        """
+        if not self.has_transition:
+            raise NotImplementedError(f"{type(self).__name__} must implement _run or transition")
+        return self._walk(plan, x, start, run)
+
+    def transition(self, plan: Plan, k: int, x: Tensor, history: Any = None) -> Transition:
+        """Step ``k`` of ``plan`` from ``x`` as the Gaussian x_{k+1} ~ N(mean, std²), one denoiser call.
+
+        ``history`` is the previous step's ``Transition.carry`` (None at the first step walked):
+        what a multistep sampler keeps from earlier steps, e.g. the last x̂_0. The sampler's
+        loop and :meth:`ddkit.Pipeline.transition_log_prob` both call this, the latter with
+        gradients on and a stored x and history, so it must use only these arguments and
+        ``plan`` (no state on ``self`` that a loop sets). ``std`` 0 marks a deterministic step.
+
+        .. versionadded:: 0.2.0
+        """
+        raise NotImplementedError(
+            f"sampler {self.name!r} does not describe its steps as Gaussian transitions "
+            "(SamplerBase.transition)"
+        )
+
+    @property
+    def has_transition(self) -> bool:
+        """Whether this sampler implements :meth:`transition` (what the RL API needs)."""
+        return type(self).transition is not SamplerBase.transition
+
+    def _walk(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
+        """The loop of a sampler given by :meth:`transition`: draw each step, carry its history on."""
+        d = plan.denoiser
+        history: Any = None
+        for k in range(start, plan.steps):
+            step = self.transition(plan, k, x, history)
+            x_new, log_prob = run.draw(step, history)
+            x0: Tensor | Prediction = step.prediction if step.prediction is not None else step.mean
+            state = SamplerState(
+                step=k - start, t=plan.timesteps[k], x=x_new, x0=x0, nfe=d.nfe, log_prob=log_prob
+            )
+            yield state
+            x = state.x
+            history = step.carry
 
     # -- helpers for subclasses ------------------------------------------------------------
 
@@ -370,10 +526,7 @@ class SamplerBase:
         except ValueError as exc:
             if isinstance(exc, DdkitError):
                 raise
-            steps = denoiser.process.num_timesteps
-            raise CompositionError(
-                f"{_named(f'sampler {self.name!r}', exc)} (the schedule has {steps} timesteps)"
-            ) from exc
+            raise CompositionError(_named(f"sampler {self.name!r}", exc)) from exc
 
 
     def _checked_plan(self, denoiser: Denoiser) -> Plan:
@@ -460,18 +613,34 @@ class SamplerBase:
         that fraction of the steps (at least one); ``mask`` (1 = known) + ``known`` inpaint;
         ``return_log_prob`` overrides the sampler's setting for this call.
         """
-        plan = self._checked_plan(denoiser)
-        x, start = self._start(plan, x_T, generator, init, strength)
-        blend = self._blender(x, mask, known)
         log_prob = self.return_log_prob if return_log_prob is None else return_log_prob
         if not isinstance(log_prob, bool):
             raise TypeError(f"'return_log_prob' must be a bool (got {log_prob!r})")
         run = Run(generator=generator, log_prob=log_prob)
+        walk = self._walk_from(self._checked_plan(denoiser), denoiser, x_T, run, init, strength, mask, known)
+        return self._drive(walk.inner, walk.plan, denoiser, walk.start, run, callback, progress, walk.blend)
+
+    def _walk_from(
+        self,
+        plan: Plan,
+        denoiser: Denoiser,
+        x_T: Tensor,
+        run: Run,
+        init: Tensor | None = None,
+        strength: float | None = None,
+        mask: Tensor | None = None,
+        known: Tensor | None = None,
+    ) -> _Walk:
+        """First step and first x of one call on ``plan``, and its loop not yet driven (iterate, rollouts)."""
+        x, start = self._start(plan, x_T, run.generator, init, strength)
+        blend = self._blender(x, mask, known)
         if blend is not None:
+            assert mask is not None
+            # Only generated elements count in a transition's density; known ones are replaced.
+            run.weight = (mask.to(device=x.device, dtype=x.dtype) == 0).to(x.dtype).expand_as(x)
             with torch.no_grad():
                 x = blend(x, plan.alpha_bars[start], run)
-        inner = self._run(plan, x, start, run)
-        return self._drive(inner, plan, denoiser, start, run, callback, progress, blend)
+        return _Walk(plan, start, x, blend, self._run(plan, x, start, run))
 
     # -- the shared loop services ----------------------------------------------------------
 
@@ -572,6 +741,17 @@ class SamplerBase:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(steps={self.steps!r}, spacing={self.spacing!r})"
+
+
+@dataclass(slots=True)
+class _Walk:
+    """One sampling call before it runs: its plan, first step, first x (after inpainting) and loop."""
+
+    plan: Plan
+    start: int
+    x: Tensor
+    blend: Callable[[Tensor, float, Run], Tensor] | None
+    inner: Iterator[SamplerState]
 
 
 def _named(label: str, exc: Exception) -> str:
