@@ -82,6 +82,13 @@ def test_a_pipeline_folder_finds_its_unet_and_dtype_casts(tmp_path: Path, unet_f
     model = ddkit.create("model", "diffusers", path=str(root), dtype="float64")
     assert next(model.parameters()).dtype == torch.float64
     assert model(_x(1, 3, 8, 8).double(), torch.tensor([5])).dtype == torch.float64
+    other = UNet2DModel.from_pretrained(unet_folder)
+    with torch.no_grad():
+        other.conv_out.bias.fill_(0.5)  # weights that differ from the plain file's
+    other.save_pretrained(root / "unet", safe_serialization=True, variant="ema")
+    variant = ddkit.create("model", "diffusers", path=str(root), variant="ema")
+    assert torch.equal(variant.net.conv_out.bias, torch.full_like(variant.net.conv_out.bias, 0.5))
+    assert not torch.equal(model.net.conv_out.bias.float(), variant.net.conv_out.bias)
 
 
 def test_refuses_a_missing_folder_pickle_weights_and_other_classes(tmp_path: Path, vae_folder: Path) -> None:

@@ -52,6 +52,17 @@ def test_autoencoder_tiny_and_a_missing_shift_factor(tmp_path: Path) -> None:
         assert torch.equal(vae.decode(z), tiny.decode(z).sample)
 
 
+def test_a_weights_variant_loads_by_name(tmp_path: Path) -> None:
+    folder = tmp_path / "variant"
+    vae = seeded(0, tiny_autoencoder_kl)
+    vae.save_pretrained(folder, safe_serialization=True, variant="fp16")
+    assert (folder / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    loaded = ddkit.create("autoencoder", "diffusers-vae", path=str(folder), variant="fp16")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.net.state_dict().values(), vae.state_dict().values()))
+    with pytest.raises(ConfigError, match="'variant' must be a non-empty str"):
+        ddkit.create("autoencoder", "diffusers-vae", path=str(folder), variant="")
+
+
 def test_refuses_per_channel_latent_statistics_and_other_classes(tmp_path: Path, unet_folder: Path) -> None:
     folder = tmp_path / "stats"
     vae = seeded(0, tiny_autoencoder_kl)

@@ -128,11 +128,13 @@ class DiffusersModel(nn.Module):
         return f"class_name={self.class_name!r}"
 
 
-def load_options(dtype: torch.dtype | None) -> dict[str, Any]:
-    """``from_pretrained`` options: local safetensors files only, and ``dtype`` when one is asked for."""
+def load_options(dtype: torch.dtype | None, variant: str | None) -> dict[str, Any]:
+    """``from_pretrained`` options: local safetensors files only; ``dtype`` and ``variant`` when given."""
     import importlib.util
 
-    options: dict[str, Any] = {"use_safetensors": True, "local_files_only": True}
+    if variant is not None and (not isinstance(variant, str) or not variant):
+        raise ConfigError(f"'variant' must be a non-empty str such as 'fp16', or None (got {variant!r})")
+    options: dict[str, Any] = {"use_safetensors": True, "local_files_only": True, "variant": variant}
     if importlib.util.find_spec("accelerate") is None:
         options["low_cpu_mem_usage"] = False  # what diffusers falls back to anyway, without a warning
     if dtype is not None:
@@ -140,7 +142,9 @@ def load_options(dtype: torch.dtype | None) -> dict[str, Any]:
     return options
 
 
-def load_network(folder: Path, dtype: torch.dtype | None) -> tuple[nn.Module, dict[str, Any]]:
+def load_network(
+    folder: Path, dtype: torch.dtype | None, variant: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """The diffusers network saved in ``folder`` (local files, safetensors only) and its config."""
     import diffusers
 
@@ -152,19 +156,22 @@ def load_network(folder: Path, dtype: torch.dtype | None) -> tuple[nn.Module, di
             f"{', '.join(MODEL_CLASSES)}"
         )
     cls = getattr(diffusers, class_name)
-    net = cls.from_pretrained(str(folder), **load_options(dtype))
+    net = cls.from_pretrained(str(folder), **load_options(dtype, variant))
     net.eval()
     return net, config
 
 
-def diffusers_model(path: str, subfolder: str | None = None, dtype: str | None = None) -> DiffusersModel:
+def diffusers_model(
+    path: str, subfolder: str | None = None, dtype: str | None = None, variant: str | None = None
+) -> DiffusersModel:
     """A UNet or transformer saved by diffusers' ``save_pretrained`` at the local folder ``path``.
 
     ``subfolder`` picks a component of a pipeline folder (``unet``, ``transformer``); left
     unset, ``path`` itself is used when it holds a ``config.json``, else its ``unet`` or
     ``transformer`` folder. Weights load through safetensors only, from local files only.
-    ``dtype`` (``float32``, ``float16``, ``bfloat16``, ``float64``) casts the weights.
+    ``dtype`` (``float32``, ``float16``, ``bfloat16``, ``float64``) casts the weights;
+    ``variant`` reads ``diffusion_pytorch_model.<variant>.safetensors`` (e.g. ``fp16``).
     """
     folder = component_folder(path, subfolder, NETWORK_FOLDERS, "UNet or transformer")
-    net, config = load_network(folder, resolve_dtype(dtype))
+    net, config = load_network(folder, resolve_dtype(dtype), variant)
     return DiffusersModel(net, config)

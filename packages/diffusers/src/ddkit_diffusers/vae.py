@@ -80,11 +80,14 @@ class DiffusersVAE(nn.Module):
         )
 
 
-def diffusers_vae(path: str, subfolder: str | None = None, dtype: str | None = None) -> DiffusersVAE:
+def diffusers_vae(
+    path: str, subfolder: str | None = None, dtype: str | None = None, variant: str | None = None
+) -> DiffusersVAE:
     """The AutoencoderKL or AutoencoderTiny saved by diffusers at the local folder ``path``.
 
     ``subfolder`` picks a pipeline's component (left unset: ``path`` itself when it holds a
-    ``config.json``, else its ``vae`` folder). Local safetensors files only; ``dtype`` casts.
+    ``config.json``, else its ``vae`` folder). Local safetensors files only; ``dtype`` casts the
+    weights and ``variant`` reads ``diffusion_pytorch_model.<variant>.safetensors``.
     """
     import diffusers
 
@@ -96,6 +99,7 @@ def diffusers_vae(path: str, subfolder: str | None = None, dtype: str | None = N
             f"{str(folder)!r} holds a {class_name!r}, which 'diffusers-vae' does not load; it loads "
             f"{', '.join(AUTOENCODER_CLASSES)}"
         )
-    net = getattr(diffusers, class_name).from_pretrained(str(folder), **load_options(resolve_dtype(dtype)))
+    options = load_options(resolve_dtype(dtype), variant)
+    net = getattr(diffusers, class_name).from_pretrained(str(folder), **options)
     net.eval()
     return DiffusersVAE(net, config)
