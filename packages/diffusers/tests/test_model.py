@@ -134,3 +134,28 @@ def test_an_sd3_transformer_takes_its_two_conditionings(tmp_path: Path) -> None:
         assert torch.equal(model(x, t, **cond), want)
     with pytest.raises(CompositionError, match="SD3Transformer2DModel needs pooled_projections"):
         model(x, t, encoder_hidden_states=cond["encoder_hidden_states"])
+
+
+def test_a_pixart_transformer_declares_its_learned_variance_channels(tmp_path: Path) -> None:
+    from diffusers import PixArtTransformer2DModel
+
+    folder = tmp_path / "pixart"
+    options = {
+        "num_attention_heads": 2,
+        "attention_head_dim": 8,
+        "in_channels": 4,
+        "out_channels": 8,
+        "num_layers": 1,
+        "cross_attention_dim": 16,
+        "caption_channels": 16,
+        "sample_size": 8,
+        "norm_num_groups": 1,
+    }
+    seeded(0, PixArtTransformer2DModel, **options).save_pretrained(folder, safe_serialization=True)
+    model = ddkit.create("model", "diffusers", path=str(folder))
+    assert (model.spec.in_channels, model.spec.out_channels, model.spec.num_classes) == (4, 8, None)
+    reference = PixArtTransformer2DModel.from_pretrained(folder).eval()
+    x, t, emb = _x(2, 4, 8, 8), torch.tensor([10, 900]), _x(2, 5, 16, seed=1)
+    with torch.no_grad():
+        want = reference(x, encoder_hidden_states=emb, timestep=t).sample
+        assert torch.equal(model(x, t, encoder_hidden_states=emb), want)
