@@ -11,30 +11,34 @@ from typing import TYPE_CHECKING, Any
 from ddkit.errors import (
     CompositionError,
     ConfigError,
+    DdkitError,
     IncompatiblePluginError,
+    InputError,
+    InputTypeError,
     IntegrityError,
+    NonFiniteError,
     PluginConflictError,
     UnknownPluginError,
 )
 from ddkit.hookspecs import hookimpl
-from ddkit.prediction import Prediction
-from ddkit.protocols import (
-    Autoencoder,
-    Guidance,
-    ModelFn,
-    ModelSpec,
-    Parameterization,
-    Sampler,
-    SamplerState,
-    Schedule,
-    TimestepResampler,
-    model_spec,
-)
 from ddkit.records import KINDS, Record
 from ddkit.registry import PLUGIN_API_VERSION, create, describe, names
 
 if TYPE_CHECKING:
     from ddkit.pipeline import Pipeline
+    from ddkit.prediction import Prediction
+    from ddkit.protocols import (
+        Autoencoder,
+        Guidance,
+        ModelFn,
+        ModelSpec,
+        Parameterization,
+        Sampler,
+        SamplerState,
+        Schedule,
+        TimestepResampler,
+        model_spec,
+    )
     from ddkit.sampling import SamplingWarning
     from ddkit.training import Trainer
     from ddkit.trajectory import Trajectory
@@ -47,11 +51,15 @@ __all__ = [
     "Autoencoder",
     "CompositionError",
     "ConfigError",
+    "DdkitError",
     "Guidance",
     "IncompatiblePluginError",
+    "InputError",
+    "InputTypeError",
     "IntegrityError",
     "ModelFn",
     "ModelSpec",
+    "NonFiniteError",
     "Parameterization",
     "Pipeline",
     "PluginConflictError",
@@ -72,16 +80,32 @@ __all__ = [
     "names",
 ]
 
+# Imported on first use: these pull in torch, which `ddkit --help` and `ddkit plugins` never need.
 _LAZY = {
     "Pipeline": "ddkit.pipeline",
     "SamplingWarning": "ddkit.sampling",
     "Trainer": "ddkit.training",
+    "Prediction": "ddkit.prediction",
     "Trajectory": "ddkit.trajectory",
+    **dict.fromkeys(
+        (
+            "Autoencoder",
+            "Guidance",
+            "ModelFn",
+            "ModelSpec",
+            "Parameterization",
+            "Sampler",
+            "SamplerState",
+            "Schedule",
+            "TimestepResampler",
+            "model_spec",
+        ),
+        "ddkit.protocols",
+    ),
 }
 
 
 def __getattr__(name: str) -> Any:
-    # Pipeline and Trainer pull in more of the library; import them on first use.
     if name in _LAZY:
         import importlib
 

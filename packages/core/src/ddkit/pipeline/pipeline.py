@@ -471,8 +471,10 @@ class Pipeline:
         return self._denoiser(n, conditioning)
 
     def _make_denoiser(self, conditioning: Mapping[str, Any]) -> Denoiser:
+        from ddkit.pipeline.compile import sampling_model
+
         return Denoiser(
-            self.sampling_model,
+            sampling_model(self),  # compiled when the config says [model] compile = true
             self.parameterization,
             self.process,
             guidances=self.guidances,

@@ -42,7 +42,7 @@ from ddkit.diffusion.process import GaussianProcess
 from ddkit.errors import CompositionError, DdkitError, InputError, InputTypeError, NonFiniteError
 from ddkit.prediction import Prediction
 from ddkit.protocols import Generator, SamplerState
-from ddkit.sampling.inputs import check_final, check_start
+from ddkit.sampling.inputs import check_final, check_start, check_steps
 from ddkit.sampling.noise import randn
 from ddkit.sampling.spacing import (
     Spacing,
@@ -116,13 +116,16 @@ def real(
     """``value`` as a float if it is a finite real number within [low, high], else a ddkit error.
 
     NaN is always refused, infinity unless ``allow_inf`` (a bound such as ``s_tmax`` may be
-    infinite; a noise scale may not), so no sampler parameter can turn samples into NaN.
+    infinite; a noise scale may not), and so is a finite value beyond float32's range (samples
+    are float32 tensors), so no sampler parameter can turn samples into NaN.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputTypeError(f"'{name}' must be a number (got {value!r})")
     v = float(value)
     if math.isnan(v) or (math.isinf(v) and not allow_inf):
         raise NonFiniteError(f"'{name}' must be a finite number (got {value!r})")
+    if math.isfinite(v) and abs(v) > 3.4e38:
+        raise InputError(f"'{name}' must lie within float32's range, ±3.4e38 (got {value!r})")
     if (low is not None and v < low) or (high is not None and v > high):
         lo = "-inf" if low is None else f"{low:g}"
         hi = "inf" if high is None else f"{high:g}"
@@ -330,7 +333,7 @@ class SamplerBase:
         return_log_prob: bool = False,
         lambda_min: float | None = DEFAULT_LAMBDA_MIN,
     ) -> None:
-        self.steps = positive_int("steps", steps, allow_none=True)
+        self.steps = check_steps(steps)  # a positive int (at most MAX_STEPS) or None
         self.lambda_min = None if lambda_min is None else real("lambda_min", lambda_min)
         check_spacing(spacing, self.steps)
         self.spacing = spacing
@@ -526,7 +529,10 @@ class SamplerBase:
         except ValueError as exc:
             if isinstance(exc, DdkitError):
                 raise
-            raise CompositionError(_named(f"sampler {self.name!r}", exc)) from exc
+            steps = denoiser.process.num_timesteps
+            raise CompositionError(
+                f"{_named(f'sampler {self.name!r}', exc)} (the schedule has {steps} timesteps)"
+            ) from exc
 
 
     def _checked_plan(self, denoiser: Denoiser) -> Plan:
@@ -752,6 +758,7 @@ class _Walk:
     x: Tensor
     blend: Callable[[Tensor, float, Run], Tensor] | None
     inner: Iterator[SamplerState]
+
 
 
 def _named(label: str, exc: Exception) -> str:
