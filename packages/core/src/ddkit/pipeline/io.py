@@ -33,7 +33,8 @@ from torch import nn
 from ddkit import _atomic
 from ddkit.errors import ConfigError, IntegrityError, UnknownPluginError
 from ddkit.pipeline import _toml
-from ddkit.pipeline.config import PART_KINDS, is_object_marker, registry_factory
+from ddkit.pipeline.config import PART_KINDS, is_object_marker, recorded_providers, registry_factory
+from ddkit.registry import pinned_providers
 
 if TYPE_CHECKING:
     from ddkit.pipeline.pipeline import Pipeline
@@ -266,19 +267,14 @@ def _check_plugins(config: Mapping[str, Any], provenance: Mapping[str, Any]) -> 
             name = entry["name"]
             try:
                 registry_factory(kind, name)
-            except UnknownPluginError:
+            except UnknownPluginError as exc:
                 record: Mapping[str, Any] = (
                     records[i] if i < len(records) and isinstance(records[i], Mapping) else {}
                 )
-                dist = record.get("distribution")
-                version = record.get("version")
-                if dist:
-                    pin = f"{dist}=={version}" if version else dist
-                    missing.append(
-                        f"{kind} {name!r} was provided by the distribution {dist!r}"
-                        f"{f' version {version}' if version else ''}, which is not installed here; "
-                        f"install it with: pip install {pin}"
-                    )
+                if record.get("distribution"):
+                    # Under load()'s pins the registry says why the recorded distribution is missing
+                    # (not installed, not loaded because of DDKIT_PLUGINS, broken) and the fix.
+                    missing.append(str(exc))
                 else:
                     missing.append(
                         f"{kind} {name!r} is provided by no installed plugin (see `ddkit plugins`)"
@@ -456,12 +452,13 @@ def load(directory: str | Path, **objects: Any) -> Pipeline:
     rates = [str(r) for r in ema.get("rates", [])]
     bundled = _resolve_guidance_weights(doc, root)
     needed = [MODEL_FILE, *(_ema_file(r) for r in rates), *bundled]
-    _check_plugins(doc, provenance)
-    if verified is None:
-        _verify(root, weights, needed)
-    else:
-        _require_listed(root, verified, [*needed, *weights])
-    pipe = Pipeline.from_config(doc, **objects)
+    with pinned_providers(recorded_providers(provenance)):  # each part from the distribution that saved it
+        _check_plugins(doc, provenance)
+        if verified is None:
+            _verify(root, weights, needed)
+        else:
+            _require_listed(root, verified, [*needed, *weights])
+        pipe = Pipeline.from_config(doc, **objects)
     from ddkit.conditioning import attach_saved_null_embeddings
 
     attach_saved_null_embeddings(pipe.model, root / MODEL_FILE)  # learned null embeddings, if trained
