@@ -230,6 +230,7 @@ def test_flow_sde_needs_a_path() -> None:
 # -- the examples ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("example", "train"), [("ddpo_toy", "ddpo"), ("grpo_flow", "grpo")])
 def test_the_examples_run_and_update_the_model(example: str, train: str) -> None:
     module = load_module(f"rl_{example}", Path(__file__).parent.parent / "examples" / "rl" / f"{example}.py")
