@@ -120,6 +120,8 @@ def rollout(
 
 
 def _detached(history: list[Any]) -> list[Any]:
+    """The per-step histories without autograd links (they enter transition_log_prob as constants)."""
+
     def detach(value: Any) -> Any:
         if isinstance(value, Tensor):
             return value.detach()
