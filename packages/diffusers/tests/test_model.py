@@ -159,3 +159,15 @@ def test_a_pixart_transformer_declares_its_learned_variance_channels(tmp_path: P
     with torch.no_grad():
         want = reference(x, encoder_hidden_states=emb, timestep=t).sample
         assert torch.equal(model(x, t, encoder_hidden_states=emb), want)
+
+
+def test_a_continuous_class_embedding_takes_class_labels_by_name(tmp_path: Path) -> None:
+    folder = tmp_path / "noise-level"
+    seeded(0, tiny_unet, class_embed_type="timestep").save_pretrained(folder, safe_serialization=True)
+    model = ddkit.create("model", "diffusers", path=str(folder))
+    assert model.spec.num_classes is None
+    assert model.spec.conditioning == ("class_labels",)
+    reference = UNet2DModel.from_pretrained(folder).eval()
+    x, t, level = _x(2, 3, 8, 8), torch.tensor([20, 20]), torch.tensor([10.0, 300.0])
+    with torch.no_grad():
+        assert torch.equal(model(x, t, class_labels=level), reference(x, t, class_labels=level).sample)

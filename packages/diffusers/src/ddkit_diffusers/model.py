@@ -80,7 +80,8 @@ class DiffusersModel(nn.Module):
 
     ``y`` (ddkit's class labels) is passed as ``class_labels``; other keywords
     (``encoder_hidden_states``, ``pooled_projections``, ``added_cond_kwargs``, ...) go to the
-    network unchanged. ``net`` is the diffusers module itself; ``config`` its saved config.
+    network unchanged (a continuous ``class_labels``, e.g. an upscaler's noise level, is passed
+    as ``class_labels=`` itself). ``net`` is the diffusers module itself; ``config`` its saved config.
 
     .. versionadded:: 0.1.0
     """
@@ -95,8 +96,10 @@ class DiffusersModel(nn.Module):
         self._input = first
         self._accepted = frozenset(p for p in params if p not in (first, "timestep", "return_dict"))
         self._required = MODEL_CLASSES.get(self.class_name, ())
-        # The keywords besides y the network takes: its forward's, class_labels being y.
-        keywords = tuple(sorted(self._accepted - {"class_labels"}))
+        # The keywords besides y the network takes: its forward's, class_labels being y, except for a
+        # UNet whose class embedding is continuous (class_embed_type "timestep", "projection", ...).
+        labels = set() if self.config.get("class_embed_type") is not None else {"class_labels"}
+        keywords = tuple(sorted(self._accepted - labels))
         self.spec = dataclasses.replace(spec_from_config(self.config), conditioning=keywords)
 
     def _check(self, conditioning: dict[str, Any]) -> None:

@@ -26,7 +26,13 @@ __all__ = [
 ]
 
 
-def tiny_unet(*, channels: int = 3, sample_size: int = 8, num_class_embeds: int | None = None) -> Any:
+def tiny_unet(
+    *,
+    channels: int = 3,
+    sample_size: int = 8,
+    num_class_embeds: int | None = None,
+    class_embed_type: str | None = None,
+) -> Any:
     """A UNet2DModel of two resolutions (8 and 16 channels), no attention."""
     from diffusers import UNet2DModel
 
@@ -41,6 +47,7 @@ def tiny_unet(*, channels: int = 3, sample_size: int = 8, num_class_embeds: int 
         up_block_types=("UpBlock2D", "UpBlock2D"),
         norm_num_groups=4,
         num_class_embeds=num_class_embeds,
+        class_embed_type=class_embed_type,
     )
 
 
