@@ -294,3 +294,16 @@ def test_image_to_image_rollouts_store_only_the_steps_taken() -> None:
     assert torch.equal(traj.timesteps, full.timesteps[4:])
     for k in traj.stochastic_steps:
         assert_close(pipe.transition_log_prob(traj, k).detach(), traj.log_probs[k], atol=1e-12)
+
+
+def test_one_model_forward_per_call() -> None:
+    pipe = make_pipe(TwoStep(steps=8))
+    traj = pipe.rollout(3, x_T=noise(3, torch.float64), generator=gens([0, 1, 2]))
+    calls: list[int] = []
+    handle = net(pipe).register_forward_hook(lambda *_: calls.append(1))
+    try:
+        for k in traj.stochastic_steps:
+            pipe.transition_log_prob(traj, k)
+    finally:
+        handle.remove()
+    assert len(calls) == len(traj.stochastic_steps)
