@@ -22,7 +22,7 @@ from ddkit.testing import fake_plugin, fresh_registry
 CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "rectified-flow": ({"name": "rectified-flow", "shift": 2.0}, {"name": "velocity"}, {"name": "logit-normal"}),
     "edm": ({"name": "edm"}, {"name": "edm"}, {"name": "log-normal"}),
-    "vp-continuous": ({"name": "vp-continuous"}, {"name": "epsilon", "clip_denoised": False}, {"name": "uniform"}),
+    "vp-continuous": ({"name": "vp-continuous"}, {"name": "v", "clip_denoised": False}, {"name": "uniform"}),
 }
 STEPS = {"heun": 5, "plms": 9}
 

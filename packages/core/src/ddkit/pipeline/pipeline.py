@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ddkit.denoiser import Denoiser
 from ddkit.diffusion.parameterization import GaussianParameterization
+from ddkit.diffusion.paths import process_of
 from ddkit.diffusion.process import GaussianProcess
 from ddkit.errors import CompositionError, ConfigError, UnknownPluginError
 from ddkit.pipeline import _toml, checks, latent
@@ -152,7 +153,7 @@ class Pipeline:
             latent.freeze(autoencoder)
         self.autoencoder: Any = autoencoder
         self.schedule = schedule
-        self.process = process if process is not None else GaussianProcess(schedule.betas)
+        self.process = process if process is not None else process_of(schedule)
         self.parameterization = parameterization
         self.sampler = sampler
         self.guidances: tuple[Guidance, ...] = tuple(guidances)
@@ -179,6 +180,12 @@ class Pipeline:
         spec = self.spec
         shape = tuple(sample_shape) if sample_shape is not None else spec.sample_shape
         self.sample_shape: tuple[int, ...] | None = tuple(shape) if shape is not None else None
+        check_process = getattr(parameterization, "check_process", None)
+        if check_process is not None:
+            try:
+                check_process(self.process)
+            except ValueError as exc:
+                raise CompositionError(f"{self._titles['parameterization']}: {exc}") from exc
         checks.check_channels(
             spec, self._titles["model"], parameterization, self._titles["parameterization"], self.sample_shape
         )
@@ -488,11 +495,17 @@ class Pipeline:
         return denoiser
 
     def noise(self, n: int, *, generator: Generator = None) -> Tensor:
-        """x_T for ``n`` samples: standard normal noise of the sample shape on the pipeline's device.
+        """x_T for ``n`` samples: the path's start, standard normal noise of the sample shape on the
+        pipeline's device, scaled by sqrt(α² + σ²) at the path's start (σ_max·ε on ``edm``; 1 elsewhere).
 
         A single generator draws the batch on its own device; a list of ``n`` generators draws
         sample i from generator i (so it does not depend on the batch it is drawn in).
         """
+        unit = self._unit_noise(n, generator)
+        k = self.process.scale(self.process.num_timesteps - 1, unit)
+        return unit if k == 1.0 else unit.mul_(k)
+
+    def _unit_noise(self, n: int, generator: Generator) -> Tensor:
         if self.sample_shape is None:
             raise ConfigError(
                 "the sample shape is unknown: the model does not declare one; set [sample] shape = [C, H, W] "

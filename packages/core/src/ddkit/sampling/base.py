@@ -50,6 +50,7 @@ from ddkit.sampling.spacing import (
     continuous_schedule,
     discrete_timesteps,
     last_timestep_above,
+    path_levels,
 )
 
 __all__ = [
@@ -353,7 +354,7 @@ class SamplerBase:
         self.return_log_prob = return_log_prob
         #: Model evaluations of the last sampling call.
         self.last_nfe = 0
-        self._chains: weakref.WeakKeyDictionary[GaussianProcess, dict[tuple[int, ...], GaussianProcess]] = (
+        self._chains: weakref.WeakKeyDictionary[GaussianProcess, dict[tuple[Any, ...], GaussianProcess]] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -451,15 +452,19 @@ class SamplerBase:
         total = process.num_timesteps
         steps = self._resolved_steps()
         spacing = self._resolved_spacing()
+        if process.path is not None and not isinstance(spacing, str):
+            # A published grid of path times, walked exactly (not rounded to the training grid).
+            return self._chain_plan_of(denoiser, self._at_times(process, spacing))
         usable = self._usable_steps(process.alphas_cumprod, spacing)
         if steps is not None and usable < steps <= total:
             raise ValueError(
-                f"sampler {self.name!r}: lambda_min={self.lambda_min} leaves {usable} of the {total} training "
-                f"steps (those with half log-SNR λ ≥ {self.lambda_min}), fewer than steps={steps}; ask for at "
-                "most that many, or set lambda_min=None to walk the whole chain"
+                f"sampler {self.name!r}: lambda_min={self.lambda_min} leaves {usable} of the {total} "
+                f"training steps (those with half log-SNR λ ≥ {self.lambda_min}), fewer than steps={steps}; "
+                "ask for at most that many, or set lambda_min=None to walk the whole chain"
             )
         # (more steps than the chain has: the spacing's own message, naming the chain's length)
-        ac = process.alphas_cumprod if steps is not None and steps > total else process.alphas_cumprod[:usable]
+        too_many = steps is not None and steps > total
+        ac = process.alphas_cumprod if too_many else process.alphas_cumprod[:usable]
         if self.spacing is None and spacing == "ddim" and steps is not None:
             # guided-diffusion's "ddimN" exists only for some N; the default then keeps the same
             # family, N steps at stride ⌊T/N⌋ from step 0 (diffusers' "leading").
@@ -470,11 +475,27 @@ class SamplerBase:
         else:
             use = discrete_timesteps(spacing, steps, ac)
         chain = process if len(use) == total else self._respaced(process, use)
+        return self._chain_plan_of(denoiser, chain)
+
+    def _chain_plan_of(self, denoiser: Denoiser, chain: GaussianProcess) -> Plan:
+        """The plan walking every step of ``chain``, from its last step down to its first."""
         n = chain.num_timesteps
         timesteps = [float(chain.timestep_map[i]) for i in range(n - 1, -1, -1)]
         alpha_bars = [float(chain.alphas_cumprod[i]) for i in range(n - 1, -1, -1)]
         alpha_bars.append(float(chain.alphas_cumprod_prev[0]))
         return Plan(self._bind(denoiser, chain), timesteps, alpha_bars)
+
+    def _at_times(self, process: GaussianProcess, spacing: Spacing) -> GaussianProcess:
+        """``process.at_times(levels)``, remembered per process like :meth:`_respaced`."""
+        times = path_levels(spacing)  # type: ignore[arg-type]
+        chains = self._chains.get(process)
+        if chains is None:
+            chains = self._chains[process] = {}
+        key = ("times", *times.tolist())
+        chain = chains.get(key)
+        if chain is None:
+            chain = chains[key] = process.at_times(times)
+        return chain
 
     def _respaced(self, process: GaussianProcess, use: list[int]) -> GaussianProcess:
         """``process.respace(use)``, remembered per process (sampling loops reuse the chain)."""
@@ -511,7 +532,12 @@ class SamplerBase:
         if steps is None:
             steps = total if last_timestep is None else last_timestep
         sig, t = continuous_schedule(
-            spacing, steps, process.alphas_cumprod, drop_last=drop_last, last_timestep=last_timestep
+            spacing,
+            steps,
+            process.alphas_cumprod,
+            drop_last=drop_last,
+            last_timestep=last_timestep,
+            process=process,
         )
         sigmas = [float(s) for s in sig] + [float(final)]
         alpha_bars = [1.0 / (1.0 + s * s) for s in sigmas]
@@ -534,7 +560,6 @@ class SamplerBase:
                 f"{_named(f'sampler {self.name!r}', exc)} (the schedule has {steps} timesteps)"
             ) from exc
 
-
     def _checked_plan(self, denoiser: Denoiser) -> Plan:
         """:meth:`_plan` after the checks every sampler shares (one plan per sampling call)."""
         prediction = denoiser.parameterization.prediction
@@ -546,7 +571,7 @@ class SamplerBase:
                 "epsilon, x0 or v"
             )
         plan = self._plan(denoiser)
-        if plan.alpha_bars[0] <= 0.0 and (prediction == "epsilon" or self.epsilon_form):
+        if plan.alpha_bars[0] <= 0.0 and (prediction in ("epsilon", "edm") or self.epsilon_form):
             who = f"sampler {self.name!r} (which steps on ε)" if self.epsilon_form else "an epsilon model"
             raise CompositionError(
                 f"sampler {self.name!r} starts at a step with ᾱ = 0 (a zero-terminal-SNR schedule), where "
@@ -554,7 +579,7 @@ class SamplerBase:
                 "the last step" + ("" if self.epsilon_form else ", or a model predicting v or x0")
             )
         if prediction == "epsilon" and not denoiser._score_guidances:
-            self._warn_noisy_start(plan, denoiser.process.num_timesteps)
+            self._warn_noisy_start(plan)
         chain = plan.denoiser.process
         if prediction == "previous-x" and (
             chain is not denoiser.process
@@ -568,13 +593,11 @@ class SamplerBase:
             )
         return plan
 
-    def _warn_noisy_start(self, plan: Plan, total: int) -> None:
+    def _warn_noisy_start(self, plan: Plan) -> None:
         """Warn when an ε-model starts where x̂_0 is mostly its error and the first step keeps it."""
         lam0 = _lambda_of(plan.alpha_bars[0])
         if lam0 >= _WARN_LAMBDA or len(plan.alpha_bars) < 2 or plan.alpha_bars[0] <= 0.0:
             return
-        if self.stochastic and plan.steps >= total:
-            return  # ancestral steps over the whole chain wash the error out again
         gain = math.sqrt(plan.alpha_bars[1] / plan.alpha_bars[0])
         if gain < 3.0:
             return
@@ -638,6 +661,7 @@ class SamplerBase:
         known: Tensor | None = None,
     ) -> _Walk:
         """First step and first x of one call on ``plan``, and its loop not yet driven (iterate, rollouts)."""
+        x_T = _from_path_start(denoiser.process, x_T)
         x, start = self._start(plan, x_T, run.generator, init, strength)
         blend = self._blender(x, mask, known)
         if blend is not None:
@@ -759,6 +783,13 @@ class _Walk:
     blend: Callable[[Tensor, float, Run], Tensor] | None
     inner: Iterator[SamplerState]
 
+
+def _from_path_start(process: GaussianProcess, x_T: Any) -> Any:
+    """x_T, the state at the start of the path (σ_max·ε on ``edm``), in the chain's scaling."""
+    if process.path is None or not isinstance(x_T, Tensor):
+        return x_T
+    k = process.scale(process.num_timesteps - 1, x_T)
+    return x_T if k == 1.0 else x_T / k
 
 
 def _named(label: str, exc: Exception) -> str:

@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ddkit.diffusion.resample import to_chain_steps
 from ddkit.errors import ConfigError, IntegrityError
 from ddkit.protocols import model_spec
 from ddkit.training import checkpoint as ckpt
@@ -507,6 +508,7 @@ class Trainer:
         batch = self.options.batch_size
         self._gen_cpu.manual_seed(derive_seed(self.seed, "timesteps", self.step))
         t, w = self.resampler.sample(batch, "cpu", self._gen_cpu)
+        t = to_chain_steps(self.pipeline.process, self.resampler, t)
         drop = None
         if self.options.cond_dropout > 0:
             self._gen_cpu.manual_seed(derive_seed(self.seed, "cond-dropout", self.step))
@@ -605,12 +607,17 @@ class Trainer:
         """One fused isfinite over the step's loss and gradient norm, read once, before the update.
 
         Under a gradient scaler (fp16) an infinite gradient is the scaler's business (it skips
-        the step and lowers the scale), so only the loss is checked. Under torchrun the value
-        is summed over the ranks, so that every rank takes the same decision.
+        the step and lowers the scale), so only the loss is checked. Every rank must decide
+        alike: under torchrun the gradient norm (of the all-reduced gradients, so the same on
+        every rank, and non-finite wherever one rank's loss was) is checked alone, with no
+        collective; with a scaler the losses are summed over the ranks.
         """
-        checked = loss.float() if self.scaler is not None else loss.float() + grad_norm.float()
-        if self.distributed:
-            checked = distributed.all_reduce_sum(checked.reshape(1))
+        if self.scaler is None:
+            checked = grad_norm.float() if self.distributed else loss.float() + grad_norm.float()
+        else:
+            checked = loss.float()
+            if self.distributed:
+                checked = distributed.all_reduce_sum(checked.reshape(1))
         return bool(torch.isfinite(checked).all())
 
     def _drop_nonfinite_step(self, loss: Tensor, grad_norm: Tensor) -> None:
