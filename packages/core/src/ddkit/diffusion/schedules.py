@@ -188,7 +188,7 @@ def linear(
     scale = 1000 / t
     betas = np.linspace(scale * beta_start, scale * beta_end, t, dtype=np.float64)
     hint = (
-        f"'beta_start' and 'beta_end' are scaled by 1000/timesteps = {scale:g}: use timesteps >= "
+        f"'beta_start' and 'beta_end' are scaled by 1000/T = {scale:g} (T = timesteps): use T >= "
         f"{max(1, math.ceil(1000 * max(beta_start, beta_end)))} or smaller beta_start and beta_end"
     )
     _check_range("linear", betas, hint)

@@ -49,11 +49,13 @@ def check_steps(steps: object) -> int | None:
     if steps is None:
         return None
     if isinstance(steps, bool) or not isinstance(steps, int):
-        raise InputTypeError(f"'steps' must be a positive int or None (got {steps!r})")
-    if not 1 <= steps <= MAX_STEPS:
+        raise InputTypeError(f"'steps' must be a positive int (got {steps!r}); None: the sampler's default")
+    if steps < 1:
+        raise InputError(f"'steps' must be a positive int (got {steps!r}); None: the sampler's default")
+    if steps > MAX_STEPS:
         raise InputError(
-            f"'steps' must be a positive int of at most {MAX_STEPS} (got {steps!r}); samplers take "
-            "10 to 1000 steps (None: the sampler's default)"
+            f"'steps' must be at most {MAX_STEPS} (got {steps!r}); samplers take 10 to 1000 steps "
+            "(None: the sampler's default)"
         )
     return steps
 
