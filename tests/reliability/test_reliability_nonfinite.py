@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +113,53 @@ def test_on_nonfinite_in_the_config_and_on_the_command_line(
         main(cli_args(config, tmp_path / "bad", "--on-nonfinite", "maybe"))
     assert info.value.code == 2
     assert "invalid choice: 'maybe'" in capsys.readouterr().err
+
+
+# Two ranks (torchrun, gloo): the poisoned row is in one rank's half of a batch only.
+TORCHRUN_SCRIPT = """
+import json, math, os, sys
+import torch
+
+torch.set_num_threads(1)
+import ddkit
+
+torch.manual_seed(0)
+model = {"name": "mlp", "dim": 2, "hidden": 8, "depth": 1}
+pipe = ddkit.Pipeline.from_config({"model": model, "schedule": {"name": "linear", "timesteps": 50}})
+x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+x[17] = math.nan
+trainer = ddkit.Trainer(pipe, x, batch_size=16, seed=4, device="cpu", on_nonfinite=sys.argv[1])
+try:
+    trainer.train(8)
+    result = {"skips": trainer.nonfinite_skips, "step": trainer.step}
+except ddkit.training.guard.NonFiniteTrainingError as exc:
+    result = {"stopped_at": exc.step}
+with open(os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.json"), "w") as f:
+    json.dump(result, f)
+"""
+
+
+@pytest.mark.parametrize("mode", ["skip", "stop"])
+def test_every_rank_takes_the_same_decision(tmp_path: Path, mode: str) -> None:
+    script = tmp_path / "nan_ddp.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        mode,
+        str(tmp_path),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    done = subprocess.run(command, env=env, capture_output=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+    if mode == "skip":
+        assert ranks[0] == {"skips": 2, "step": 8}
+    else:
+        assert 1 <= ranks[0]["stopped_at"] <= 4
