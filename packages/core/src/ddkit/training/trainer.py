@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ddkit.diffusion.resample import to_chain_steps
 from ddkit.errors import ConfigError, IntegrityError
 from ddkit.protocols import model_spec
 from ddkit.training import checkpoint as ckpt
@@ -507,6 +508,7 @@ class Trainer:
         batch = self.options.batch_size
         self._gen_cpu.manual_seed(derive_seed(self.seed, "timesteps", self.step))
         t, w = self.resampler.sample(batch, "cpu", self._gen_cpu)
+        t = to_chain_steps(self.pipeline.process, self.resampler, t)
         drop = None
         if self.options.cond_dropout > 0:
             self._gen_cpu.manual_seed(derive_seed(self.seed, "cond-dropout", self.step))
