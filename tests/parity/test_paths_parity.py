@@ -105,6 +105,7 @@ def test_edm_heun_matches_edm_algorithm_1(steps: int) -> None:
         x = x_next
     expected = x
 
-    pipe = _pipeline({"name": "edm"}, "edm", model, {"name": "heun", "spacing": sigmas[:-1]})
+    heun = {"name": "heun", "form": "sigma", "spacing": sigmas[:-1]}  # Alg. 2's trapezoid in σ
+    pipe = _pipeline({"name": "edm"}, "edm", model, heun)
     got = pipe.sample(x_T=sigmas[0] * eps)
     assert (got - expected).abs().max().item() < 1e-5
