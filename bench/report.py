@@ -38,6 +38,26 @@ TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
 }
 
 
+#: Targets of issue 22 on a GPU: (benchmark, summary part) -> (target text, test on the measured value).
+GPU_TARGETS: dict[tuple[str, str], tuple[str, Callable[[float], bool]]] = {
+    ("unet_throughput", "forward"): ("≥ 2× guided-diffusion fp16", lambda v: v >= 2.0),
+    ("unet_throughput", "training"): ("≥ 2× guided-diffusion fp16", lambda v: v >= 2.0),
+    ("unet_throughput", "forward / diffusers"): ("≥ 1.2× diffusers", lambda v: v >= 1.2),
+    ("unet_throughput", "training / diffusers"): ("≥ 1.2× diffusers", lambda v: v >= 1.2),
+}
+
+#: What a GPU session runs (bench/README.md, "GPU session checklist", says it in full).
+GPU_CHECKLIST = (
+    "> **GPU session checklist** (issue 22; bench/README.md has the details). Here, with network: "
+    "`python bench/gpu_suite.py --prepare .whl` (wheels of ddkit and the references). Then one call of "
+    'the device tool, `timeout_s` 600, `carry` `[".whl"]`: `PYTHONUNBUFFERED=1 python3 bench/gpu_suite.py '
+    "--install .whl --quick --out $OUT/gpu` (under 540 s: each benchmark has a budget). It must end with "
+    "every benchmark `ok` and print the headline ratios; copy `$OUT/gpu/*.json` into `bench/results/gpu/` "
+    "and run `python bench/report.py --no-run`. CI keeps the suite working with `--dry` "
+    "(`tests/test_gpu_suite_dry.py`)."
+)
+
+
 # -- small formatting helpers --------------------------------------------------------------
 
 
@@ -94,7 +114,12 @@ def provenance(env: Envelope) -> str:
         bits.append(f"{env['wall_s']:.0f} s")
     bits.append(machine_line(env.get("machine", {}), gpu))
     line = "<sub>Measured by " + " · ".join(bits) + "</sub>"
-    if env.get("quick"):
+    if env.get("dry"):
+        line += (
+            "\n\n> **Dry run (`bench/gpu_suite.py --dry`): the GPU benchmark at tiny sizes on the CPU, to "
+            "keep the suite working between GPU sessions; these numbers are not meaningful.**"
+        )
+    elif env.get("quick"):
         line += "\n\n> **Quick (smoke) run: these numbers are not meaningful.**"
     for note in env.get("adapted", []):
         line += f"\n\n> Runner note: {note}."
@@ -423,7 +448,7 @@ def render_train_step(r: dict[str, Any], files: Path, out_dir: Path) -> tuple[st
     return text, r.get("ratio")
 
 
-def render_sampling_speed(r: dict[str, Any], files: Path, out_dir: Path) -> tuple[str, float | None]:
+def render_sampling_speed(r: dict[str, Any], files: Path, out_dir: Path) -> tuple[str, Any]:
     f = r.get("flags", {})
 
     def diff(x: dict[str, Any], key: str) -> str:
@@ -461,9 +486,13 @@ def render_sampling_speed(r: dict[str, Any], files: Path, out_dir: Path) -> tupl
         )
     )
     ratios = r.get("ratios", {})
-    head = ratios.get(
+    main = ratios.get(
         "ddkit bf16 (autocast) / guided-diffusion fp16", ratios.get("ddkit fp32 / guided-diffusion fp32")
     )
+    loops = {k: v for k, v in ratios.items() if "diffusers" in k}
+    if not loops:
+        return text, main
+    head = {"ddkit / guided-diffusion (ddim)": main, **loops}
     return text, head
 
 
@@ -489,6 +518,14 @@ def render_unet(r: dict[str, Any], files: Path, out_dir: Path) -> tuple[str, Any
                 f"{diff[name]:.1e}" if isinstance(diff.get(name), (int, float)) else "—",
             ]
         )
+    rival = any("speedup_vs_diffusers" in x for x in (*fwd.values(), *train.values()))
+    if rival:  # ddkit against diffusers' UNet2DModel of the same shape (its own weights)
+        for row, name in zip(rows, fwd):
+            f, t = fwd[name], train.get(name, {})
+            row[3:3] = [
+                fmt(f.get("speedup_vs_diffusers"), 2, "×"),
+                fmt(t.get("speedup_vs_diffusers"), 2, "×"),
+            ]
     text = (
         f"ADM U-Net {cfg.get('image_size')}×{cfg.get('image_size')}, num_channels {cfg.get('num_channels')}, "
         f"channel_mult {cfg.get('channel_mult')}, num_res_blocks {cfg.get('num_res_blocks')}, attention at "
@@ -497,12 +534,22 @@ def render_unet(r: dict[str, Any], files: Path, out_dir: Path) -> tuple[str, Any
         + (f", {cfg.get('threads')} threads" if cfg.get("device") == "cpu" else "")
         + f"; {cfg.get('rounds')} interleaved forward rounds (training: half). A training step is forward, "
         "MSE, backward and Adam. Ratios are medians of per-round paired ratios; the CPU-time ratios are "
-        "less sensitive to other processes on a shared machine.\n\n"
+        "less sensitive to other processes on a shared machine."
+        + (
+            " diffusers' `UNet2DModel` is built to the same shape (its parameter count: "
+            f"{fmt((r.get('parameters') or {}).get('diffusers UNet2DModel'))}, ddkit's "
+            f"{fmt((r.get('parameters') or {}).get('ddkit'))}) with its own weights and runs in ddkit's "
+            "precision; the × diffusers columns are ddkit's speed over it."
+            if rival
+            else ""
+        )
+        + "\n\n"
         + table(
             [
                 "contender",
                 "forward img/s",
                 "train img/s",
+                *(["forward × diffusers", "train × diffusers"] if rival else []),
                 "forward × gd",
                 "train × gd",
                 "forward × gd (CPU time)",
@@ -515,6 +562,9 @@ def render_unet(r: dict[str, Any], files: Path, out_dir: Path) -> tuple[str, Any
     text += render_unet_breakdown(r.get("train_breakdown") or {}, r.get("compile_s") or {})
     ours = fwd.get("ddkit", {}), train.get("ddkit", {})
     head = {"forward": ours[0].get("speedup_vs_gd"), "training": ours[1].get("speedup_vs_gd")}
+    if rival:
+        head["forward / diffusers"] = ours[0].get("speedup_vs_diffusers")
+        head["training / diffusers"] = ours[1].get("speedup_vs_diffusers")
     return text, head
 
 
@@ -576,8 +626,11 @@ CPU_SECTIONS: tuple[tuple[str, str], ...] = (
     ("train_step", "Training throughput of the whole Trainer step"),
 )
 GPU_SECTIONS: tuple[tuple[str, str], ...] = (
-    ("unet_throughput", "U-Net throughput, ddkit bf16 against guided-diffusion fp16"),
-    ("sampling_speed", "Sampling steps per second"),
+    ("unet_throughput", "U-Net throughput, ddkit bf16 against guided-diffusion fp16 and diffusers"),
+    (
+        "sampling_speed",
+        "Sampling steps per second: ddim and dpm-solver++ against guided-diffusion and diffusers",
+    ),
     ("attention_memory", "Peak memory of sampling per attention backend (xformers included where it runs)"),
     ("train_step", "Trainer step, bf16 (guided-diffusion fp32: it has no bf16)"),
     ("train_step_fp16", "Trainer step, fp16 on both"),
@@ -697,7 +750,12 @@ def render(results_dir: Path, out: Path, command: str, fresh: bool) -> str:
         + ("" if "k-diffusion" in packages else " (k-diffusion not installed: see bench/README.md)"),
     ]
     env_gpu = gpu.get("environment")
-    if env_gpu and env_gpu.get("status") == "ok":
+    if env_gpu and env_gpu.get("status") == "ok" and env_gpu.get("dry"):
+        parts.append(
+            f"- **GPU figures:** none measured: `{_rel(gpu_dir, out_dir)}/*.json` hold a dry run on the CPU "
+            f"({env_gpu.get('date')}, `bench/gpu_suite.py --dry`), which only shows that the suite runs"
+        )
+    elif env_gpu and env_gpu.get("status") == "ok":
         g = env_gpu["result"]
         parts.append(
             f"- **GPU figures:** measured {env_gpu.get('date')} on {machine_line(env_gpu['machine'], g)} by "
@@ -746,8 +804,14 @@ def render(results_dir: Path, out: Path, command: str, fresh: bool) -> str:
     parts += ["## Summary", "", _summary(heads, gpu_heads, gpu_titles, cpu, gpu), "", "## CPU", ""]
     parts += ["\n\n".join(cpu_text), ""]
     if gpu:
-        parts += ["## GPU", ""]
-        if env_gpu and env_gpu.get("status") == "ok":
+        parts += ["## GPU", "", GPU_CHECKLIST, ""]
+        if env_gpu and env_gpu.get("status") == "ok" and env_gpu.get("dry"):
+            parts += [
+                f"**Dry run** on the CPU ({env_gpu.get('date')}, `bench/gpu_suite.py --dry`): every GPU "
+                "benchmark ran end to end at tiny sizes; no GPU figure below is meaningful.",
+                "",
+            ]
+        elif env_gpu and env_gpu.get("status") == "ok":
             g = env_gpu["result"]
             parts += [
                 f"Measured on **{g.get('gpu', '?')}** ({g.get('gpu_memory_gib', '?')} GiB, compute "
@@ -811,11 +875,20 @@ def _summary(
         if value is None or key not in gpu:
             continue
         label = gpu_labels.get(key) or f"GPU {gpu_titles.get(key, key)}, ddkit / guided-diffusion"
+        if isinstance(value, dict) and any("diffusers" in part for part in value):
+            label = {
+                "unet_throughput": "GPU U-Net throughput, ddkit bf16",
+                "sampling_speed": "GPU sampling",
+            }.get(key, label)
         values = value if isinstance(value, dict) else {"": value}
-        quick = " (quick run)" if gpu[key].get("quick") else ""
+        dry = bool(gpu[key].get("dry"))
+        quick = " (dry run)" if dry else " (quick run)" if gpu[key].get("quick") else ""
         for part, v in values.items():
             name = f"{label}: {part}" if part else label
-            rows.append([name, "(no target)", fmt(v, 2, "×") + quick if v is not None else "—", ""])
+            goal = GPU_TARGETS.get((key, part))
+            target = goal[0] if goal else "(no target)"
+            met = "" if goal is None or v is None or dry else "yes" if goal[1](v) else "**no**"
+            rows.append([name, target, fmt(v, 2, "×") + quick if v is not None else "—", met])
     return table(["figure", "target", "measured", "met"], rows, ["---", "---", "---:", "---"])
 
 

@@ -10,6 +10,13 @@ DDIM (eta 0) over a respaced chain of ``--steps`` steps:
 - ddkit: ``Pipeline.sample`` (sampler ``ddim``) in fp32, with ``convert_to_fp16()``
   (like for like), and in bf16 under ``torch.autocast``, attention through ``sdpa``.
 
+``--samplers ddim dpm-solver++`` adds, per sampler, ddkit against diffusers' pipeline loop
+(``for t in scheduler.timesteps: x = scheduler.step(model(x, t), t, x).prev_sample``, as
+``DDPMPipeline`` and ``DDIMPipeline`` run it) with ``DDIMScheduler`` (clipped x0, eta 0) or
+``DPMSolverMultistepScheduler`` (``dpmsolver++``, order 2), both calling the same ddkit network
+in the same precision (bf16 autocast on CUDA, fp32 on the CPU): the ratio measures the loop and
+the solver around one network. guided-diffusion has no DPM-Solver, so it runs DDIM only.
+
 Configurations are interleaved round by round after a warm-up round; the median wall time of
 each gives steps per second (model evaluations per second; one per DDIM step) and images per
 second. The headline ratio is ddkit bf16 against guided-diffusion fp16. Agreement is checked
@@ -17,6 +24,7 @@ on one network output at t = 500 and on the final samples; the untrained (random
 the trajectory chaotic, so reduced precision moves the samples far more than one output.
 
     python bench/sampling_speed.py --device cuda [--quick] [--json out.json]
+    python bench/sampling_speed.py --device cpu --channels 32 --batch 1 --steps 2 --reps 1   # smoke
 """
 
 from __future__ import annotations
@@ -107,16 +115,22 @@ def build(args: argparse.Namespace, device: torch.device) -> dict[str, Runner]:
 
         return run, forward
 
-    def ddkit_runner(mode: str) -> Runner:
+    def ddkit_network(mode: str) -> torch.nn.Module:
         model = ddkit.create("model", "adm-unet", **f, attention_backend=args.attention_backend)
         model.load_state_dict(state, strict=True)
         if mode == "fp16":
             model.convert_to_fp16()
+        network: torch.nn.Module = model.to(device).eval()
+        return network
+
+    def ddkit_runner(mode: str, sampler: str = "ddim") -> Runner:
+        model = ddkit_network(mode)
+        params = {"eta": 0.0} if sampler == "ddim" else {}
         pipe = ddkit.Pipeline.from_config(
             {
                 "schedule": {"name": "linear", "timesteps": T},
                 "parameterization": {"name": "epsilon", "variance": "learned-range", "clip_denoised": True},
-                "sampler": {"name": "ddim", "steps": args.steps, "eta": 0.0},
+                "sampler": {"name": sampler, "steps": args.steps, **params},
             },
             model=model,
         ).to(device)
@@ -136,16 +150,63 @@ def build(args: argparse.Namespace, device: torch.device) -> dict[str, Runner]:
 
         return run, forward
 
-    runners: dict[str, Runner] = {
-        "guided-diffusion fp32": gd_runner(False),
-        "ddkit fp32": ddkit_runner("fp32"),
-    }
-    if device.type == "cuda":
-        runners["guided-diffusion fp16"] = gd_runner(True)
-        runners["ddkit fp16 (convert_to_fp16)"] = ddkit_runner("fp16")
+    def diffusers_runner(mode: str, sampler: str) -> Runner:
+        """diffusers' pipeline loop around the same ddkit network, in the same precision."""
+        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+        model = ddkit_network("fp32")
+        schedule = {"num_train_timesteps": T, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
+        scheduler: Any
+        if sampler == "ddim":
+            scheduler = DDIMScheduler(**schedule, clip_sample=True, set_alpha_to_one=False)  # type: ignore[no-untyped-call]
+        else:
+            scheduler = DPMSolverMultistepScheduler(  # type: ignore[no-untyped-call]
+                **schedule, algorithm_type="dpmsolver++", solver_order=2
+            )
+        scheduler.set_timesteps(args.steps, device=device)
+
+        def context() -> Any:
+            return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16")
+
+        def run(x: Tensor) -> Tensor:
+            scheduler.set_timesteps(args.steps, device=device)  # resets the multistep solver's history
+            kwargs = {"eta": 0.0} if sampler == "ddim" else {}
+            with context(), torch.no_grad():
+                for t in scheduler.timesteps:
+                    eps = model(x, t.expand(x.shape[0]))[:, :3].float()  # learned sigma: drop the variance
+                    x = scheduler.step(eps, t, x, **kwargs).prev_sample
+            return x
+
+        def forward(x: Tensor) -> Tensor:
+            with context(), torch.no_grad():
+                out: Tensor = model(x, t_mid)
+            return out
+
+        return run, forward
+
+    runners: dict[str, Runner] = {}
+    if "ddim" in args.samplers:
+        runners["guided-diffusion fp32"] = gd_runner(False)
+        runners["ddkit fp32"] = ddkit_runner("fp32")
+        if device.type == "cuda":
+            runners["guided-diffusion fp16"] = gd_runner(True)
+            runners["ddkit fp16 (convert_to_fp16)"] = ddkit_runner("fp16")
     if device.type == "cuda" and torch.cuda.is_bf16_supported():  # bf16 on most CPUs: far slower
         runners["ddkit bf16 (autocast)"] = ddkit_runner("bf16")
+    low = low_precision(device)
+    label = "bf16 (autocast)" if low == "bf16" else "fp32"
+    if args.diffusers and "ddim" in args.samplers:
+        runners[f"diffusers DDIM loop {label}"] = diffusers_runner(low, "ddim")
+    if "dpm-solver++" in args.samplers:
+        runners[f"ddkit dpm-solver++ {label}"] = ddkit_runner(low, "dpm-solver++")
+        if args.diffusers:
+            runners[f"diffusers DPM-Solver++ loop {label}"] = diffusers_runner(low, "dpm-solver++")
     return runners
+
+
+def low_precision(device: torch.device) -> str:
+    """The precision ddkit's headline runs in: bf16 autocast on a GPU that has it, else fp32."""
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -169,21 +230,24 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             run(x)
             _sync(device)
             times[name].append(time.perf_counter() - start)
-    ref, ref_forward = outputs["guided-diffusion fp32"], forwards["guided-diffusion fp32"]
+    ref = outputs.get("guided-diffusion fp32")
+    ref_forward = forwards.get("guided-diffusion fp32")
     rows = []
     for name, t in times.items():
         median = statistics.median(t)
-        rows.append(
-            {
-                "config": name,
-                "median_s": median,
-                "steps_per_s": args.steps / median,
-                "images_per_s": args.batch / median,
-                "forward_max_abs_diff_to_gd_fp32": float((forwards[name] - ref_forward).abs().max()),
-                "forward_scale": float(ref_forward.abs().max()),
-                "sample_max_abs_diff_to_gd_fp32": float((outputs[name] - ref).abs().max()),
-            }
-        )
+        row: dict[str, Any] = {
+            "config": name,
+            "sampler": "dpm-solver++" if "dpm-solver++" in name.lower() else "ddim",
+            "median_s": median,
+            "steps_per_s": args.steps / median,
+            "images_per_s": args.batch / median,
+        }
+        if ref is not None and ref_forward is not None:
+            row["forward_max_abs_diff_to_gd_fp32"] = float((forwards[name] - ref_forward).abs().max())
+            row["forward_scale"] = float(ref_forward.abs().max())
+            if row["sampler"] == "ddim" and "diffusers" not in name:  # the same DDIM chain as the reference
+                row["sample_max_abs_diff_to_gd_fp32"] = float((outputs[name] - ref).abs().max())
+        rows.append(row)
     by = {r["config"]: r for r in rows}
     ratios: dict[str, float] = {}
     if "guided-diffusion fp16" in by:
@@ -191,9 +255,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for key in ("ddkit bf16 (autocast)", "ddkit fp16 (convert_to_fp16)"):
             if key in by:
                 ratios[f"{key} / guided-diffusion fp16"] = by[key]["steps_per_s"] / base
-    ratios["ddkit fp32 / guided-diffusion fp32"] = (
-        by["ddkit fp32"]["steps_per_s"] / by["guided-diffusion fp32"]["steps_per_s"]
+    if "ddkit fp32" in by and "guided-diffusion fp32" in by:
+        ratios["ddkit fp32 / guided-diffusion fp32"] = (
+            by["ddkit fp32"]["steps_per_s"] / by["guided-diffusion fp32"]["steps_per_s"]
+        )
+    label = "bf16 (autocast)" if low_precision(device) == "bf16" else "fp32"
+    pairs = (
+        (f"ddkit {label}" if label != "fp32" else "ddkit fp32", f"diffusers DDIM loop {label}", "ddim"),
+        (f"ddkit dpm-solver++ {label}", f"diffusers DPM-Solver++ loop {label}", "dpm-solver++"),
     )
+    for ours, theirs, sampler in pairs:
+        if ours in by and theirs in by:
+            ratios[f"ddkit / diffusers pipeline loop, {sampler} {label}"] = (
+                by[ours]["steps_per_s"] / by[theirs]["steps_per_s"]
+            )
     info: dict[str, Any] = {}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -204,7 +279,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         **info,
         "flags": flags(args),
         "batch": args.batch,
-        "sampler": f"DDIM eta 0, {args.steps} steps (linear schedule, learned-range variance, clipped x0)",
+        "sampler": f"{' and '.join(args.samplers)}, {args.steps} steps (linear schedule, learned-range "
+        "variance, clipped x0; DDIM eta 0)",
+        "samplers": list(args.samplers),
+        "steps": args.steps,
         "attention_backend": args.attention_backend,
         "reps": args.reps,
         "threads": args.threads,
@@ -221,10 +299,14 @@ def markdown(result: dict[str, Any]) -> str:
         "| samples: max abs diff |",
         "|---|---:|---:|---:|---:|",
     ]
+
+    def diff(r: dict[str, Any], key: str) -> str:
+        return f"{r[key]:.1e}" if isinstance(r.get(key), float) else "—"
+
     for r in result["rows"]:
         lines.append(
             f"| {r['config']} | {r['steps_per_s']:.2f} | {r['images_per_s']:.2f} | "
-            f"{r['forward_max_abs_diff_to_gd_fp32']:.1e} | {r['sample_max_abs_diff_to_gd_fp32']:.1e} |"
+            f"{diff(r, 'forward_max_abs_diff_to_gd_fp32')} | {diff(r, 'sample_max_abs_diff_to_gd_fp32')} |"
         )
     for key, value in result["ratios"].items():
         lines.append(f"| **{key}** | **{value:.2f}×** | | | |")
@@ -242,6 +324,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=None, help="images per batch (cuda 64, cpu 2)")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50 on cuda, 5 on cpu)")
     parser.add_argument("--reps", type=int, default=None, help="timed rounds (default 5; quick 1)")
+    parser.add_argument(
+        "--samplers", nargs="+", default=["ddim"], choices=("ddim", "dpm-solver++"), help="samplers to time"
+    )
+    parser.add_argument(
+        "--diffusers", action="store_true", help="add diffusers' pipeline loop around the same network"
+    )
     parser.add_argument("--attention-backend", default="sdpa", help="ddkit's attention_backend")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None, help="write the results to this file")

@@ -15,6 +15,16 @@ a shared machine than wall time) and the load average before and after.
 
     python bench/unet_throughput.py --json out.json             # CPU, fp32, two threads
     python bench/unet_throughput.py --device cuda --dtype bf16  # ddkit bf16 autocast vs gd use_fp16
+    python bench/unet_throughput.py --device cuda --dtype bf16 --preset imagenet64 --diffusers
+
+``--preset imagenet64`` is guided-diffusion's ImageNet-64 network (64×64, num_channels 192,
+channel_mult 1,2,3,4, num_res_blocks 3, attention at 32, 16 and 8 px with 64 channels per
+head, resblock_updown, the new attention order, learned sigma; unconditional here, which
+drops only the label embedding). ``--channels``/``--res-blocks`` shrink a preset (``--dry``
+runs of bench/gpu_suite.py use them). ``--diffusers`` adds diffusers' ``UNet2DModel`` built to
+the same shape (same channels per level, residual blocks, attention resolutions and head
+size, scale-shift norm, residual up/downsampling): its own random weights, since its layout
+differs, so only its speed is compared, run in the same precision as ddkit (autocast).
 
 On CUDA, ddkit runs under ``torch.autocast(dtype)``; guided-diffusion in its own ``use_fp16``
 mode (float16 torso, float32 norms and head; its training step applies Adam to the float16
@@ -72,6 +82,7 @@ for _src in ("packages/core/src", "packages/models/src"):  # run from a checkout
 
 import torch  # noqa: E402
 
+#: The default (CPU) measurement: the network the issue's CPU target was set on.
 FLAGS: dict[str, Any] = {
     "image_size": 32,
     "num_channels": 64,
@@ -89,44 +100,109 @@ FLAGS: dict[str, Any] = {
     "dropout": 0.0,
     "use_checkpoint": False,
 }
+#: guided-diffusion's ImageNet-64 network (its README's flags; unconditional, no dropout).
+IMAGENET64: dict[str, Any] = {
+    **FLAGS,
+    "image_size": 64,
+    "num_channels": 192,
+    "num_res_blocks": 3,
+    "channel_mult": "1,2,3,4",
+    "attention_resolutions": "32,16,8",
+    "num_heads": 4,
+    "num_head_channels": 64,
+    "resblock_updown": True,
+    "use_new_attention_order": True,
+    "learn_sigma": True,
+}
+PRESETS: dict[str, dict[str, Any]] = {"cifar32": FLAGS, "imagenet64": IMAGENET64}
+
+
+def diffusers_unet(flags: dict[str, Any]) -> torch.nn.Module:
+    """diffusers' ``UNet2DModel`` of the same shape as guided-diffusion's network built from ``flags``."""
+    from diffusers import UNet2DModel
+
+    mult = [int(m) for m in str(flags["channel_mult"]).split(",")]
+    size = int(flags["image_size"])
+    attn = {size // int(r) for r in str(flags["attention_resolutions"]).split(",") if r}
+    levels = range(len(mult))
+    heads = int(flags["num_head_channels"])
+    updown = "resnet" if flags["resblock_updown"] else "conv"
+    unet: torch.nn.Module = UNet2DModel(  # type: ignore[no-untyped-call, assignment]
+        sample_size=size,
+        in_channels=3,
+        out_channels=6 if flags["learn_sigma"] else 3,
+        block_out_channels=tuple(int(flags["num_channels"]) * m for m in mult),
+        layers_per_block=int(flags["num_res_blocks"]),
+        down_block_types=tuple("AttnDownBlock2D" if 2**i in attn else "DownBlock2D" for i in levels),
+        up_block_types=tuple("AttnUpBlock2D" if 2**i in attn else "UpBlock2D" for i in reversed(levels)),
+        attention_head_dim=heads if heads > 0 else int(flags["num_channels"]) // int(flags["num_heads"]),
+        resnet_time_scale_shift="scale_shift" if flags["use_scale_shift_norm"] else "default",
+        downsample_type=updown,
+        upsample_type=updown,
+        norm_num_groups=32,
+        flip_sin_to_cos=True,
+        freq_shift=0,
+    )
+    return unet
+
+
+class _DiffusersCall(torch.nn.Module):
+    """``model(x, t)`` returning a tensor, as the other contenders are called."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.unet(x, t, return_dict=False)[0]
+        return out
 
 
 def build(
-    device: torch.device, dtype: str, channels_last: bool, compiled: bool = False
+    device: torch.device,
+    dtype: str,
+    channels_last: bool,
+    compiled: bool = False,
+    flags: dict[str, Any] | None = None,
+    with_diffusers: bool = False,
 ) -> dict[str, torch.nn.Module]:
-    """The contenders, all holding guided-diffusion's initial weights."""
+    """The contenders, all holding guided-diffusion's initial weights (diffusers: its own, same shape)."""
+    f = flags if flags is not None else FLAGS
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.cuda.amp decorators in guided_diffusion.nn
         from guided_diffusion.script_util import create_model
     from ddkit_models.factories import adm_unet
 
     gd_fp16 = device.type == "cuda" and dtype != "fp32"
-    ref = create_model(**FLAGS, use_fp16=False)
+    ref = create_model(**f, use_fp16=False)
     # Trained-like weights: the zero-initialized output layers would make every output 0.
     gen = torch.Generator().manual_seed(0)
     state = {k: v + 0.02 * torch.randn(v.shape, generator=gen) for k, v in ref.state_dict().items()}
     models: dict[str, torch.nn.Module] = {}
-    gd = create_model(**FLAGS, use_fp16=False)
+    gd = create_model(**f, use_fp16=False)
     gd.load_state_dict(state, strict=True)
     if gd_fp16:
         gd.convert_to_fp16()
         gd.dtype = torch.float16  # what use_fp16=True sets; forward casts its input to it
     models["guided-diffusion"] = gd
-    ours = adm_unet(**FLAGS, use_fp16=False)
+    ours = adm_unet(**f, use_fp16=False)
     ours.load_state_dict(state, strict=True)
     models["ddkit"] = ours
     if channels_last:
-        gd_cl = create_model(**FLAGS, use_fp16=False)
+        gd_cl = create_model(**f, use_fp16=False)
         gd_cl.load_state_dict(state, strict=True)
         if gd_fp16:
             gd_cl.convert_to_fp16()
             gd_cl.dtype = torch.float16
         models["guided-diffusion +channels_last"] = gd_cl.to(memory_format=torch.channels_last)
-        ours_cl = adm_unet(**FLAGS, use_fp16=False)
+        ours_cl = adm_unet(**f, use_fp16=False)
         ours_cl.load_state_dict(state, strict=True)
         models["ddkit +channels_last"] = ours_cl.to(memory_format=torch.channels_last)
+    if with_diffusers:
+        torch.manual_seed(0)
+        models["diffusers UNet2DModel"] = _DiffusersCall(diffusers_unet(f))
     if compiled:
-        ours_c = adm_unet(**FLAGS, use_fp16=False)
+        ours_c = adm_unet(**f, use_fp16=False)
         ours_c.load_state_dict(state, strict=True)
         models["ddkit +torch.compile"] = ours_c
     models = {k: m.to(device) for k, m in models.items()}
@@ -172,6 +248,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--breakdown", action="store_true", help="profile the training step: convolutions against the rest"
     )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cifar32", help="the network's shape")
+    parser.add_argument("--channels", type=int, default=None, help="num_channels (default: the preset's)")
+    parser.add_argument("--res-blocks", type=int, default=None, help="num_res_blocks (default: the preset's)")
+    parser.add_argument(
+        "--diffusers", action="store_true", help="add diffusers' UNet2DModel of the same shape and precision"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke mode: 3 rounds")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
@@ -187,12 +269,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(
             "the CPU comparison is float32 (guided-diffusion has no CPU mixed precision); drop --dtype"
         )
+    flags = dict(PRESETS[args.preset])
+    if args.channels is not None:
+        flags["num_channels"] = args.channels
+    if args.res_blocks is not None:
+        flags["num_res_blocks"] = args.res_blocks
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    models = build(device, args.dtype, args.channels_last, args.compile)
+    models = build(device, args.dtype, args.channels_last, args.compile, flags, args.diffusers)
+    params = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+    size, out_ch = int(flags["image_size"]), 6 if flags["learn_sigma"] else 3
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(args.batch, 3, 32, 32, generator=gen).to(device)
+    x = torch.randn(args.batch, 3, size, size, generator=gen).to(device)
     t = torch.randint(0, 1000, (args.batch,), generator=gen).to(device)
-    target = torch.randn(args.batch, 3, 32, 32, generator=gen).to(device)
+    target = torch.randn(args.batch, out_ch, size, size, generator=gen).to(device)
 
     def inputs(name: str) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if "channels_last" in name else x
@@ -205,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
 
     def forward(name: str, model: torch.nn.Module) -> torch.Tensor:
-        if name.startswith("ddkit"):
+        if name.startswith(("ddkit", "diffusers")):  # same precision: both under autocast
             with ours_context():
                 return model(inputs(name), t)
         return model(inputs(name), t)
@@ -219,7 +310,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if "compile" in name:
                 compile_s[name] = time.perf_counter() - first
     ref_out = outs["guided-diffusion"]
-    max_diff = {name: float((o - ref_out).abs().max()) for name, o in outs.items()}
+    # diffusers holds other weights: its output is not comparable, so no diff is recorded for it.
+    max_diff = {name: float((o - ref_out).abs().max()) for name, o in outs.items() if "diffusers" not in name}
 
     def sync() -> None:
         if device.type == "cuda":
@@ -283,10 +375,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     forward_stats = measure(fwd_step, args.rounds, train=False)
     train_stats = measure(train_step, max(2, args.rounds // 2), train=True)
+    rival = "diffusers UNet2DModel"
+    for stats in (forward_stats, train_stats):  # ddkit against diffusers: paired per round, as against gd
+        if rival in stats:
+            pairs = zip(stats[rival]["wall_s"], stats["ddkit"]["wall_s"])
+            stats["ddkit"]["speedup_vs_diffusers"] = statistics.median(d / w for d, w in pairs)
     breakdown = {name: op_breakdown(train_step(name), steps=3) for name in models} if args.breakdown else {}
     result: dict[str, Any] = {
-        "config": {**FLAGS, "batch": args.batch, "device": str(device), "dtype": args.dtype,
-                   "threads": args.threads, "rounds": args.rounds},
+        "config": {**flags, "preset": args.preset, "batch": args.batch, "device": str(device),
+                   "dtype": args.dtype, "threads": args.threads, "rounds": args.rounds},
+        "parameters": params,
         "torch": torch.__version__,
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                     "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
@@ -308,7 +406,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f, tr = forward_stats[name], train_stats[name]
         print(f"| {name} | {f['images_per_s']:.1f} | {tr['images_per_s']:.2f} | {f['speedup_vs_gd']:.2f} "
               f"| {tr['speedup_vs_gd']:.2f} | {f['speedup_vs_gd_cpu_time']:.2f} "
-              f"| {tr['speedup_vs_gd_cpu_time']:.2f} | {max_diff[name]:.1e} |")  # fmt: skip
+              f"| {tr['speedup_vs_gd_cpu_time']:.2f} | {max_diff.get(name, float('nan')):.1e} |")  # fmt: skip
     if breakdown:
         gd_step = sum(breakdown["guided-diffusion"].values())
         print("\n| contender | convolutions ms/step | rest ms/step | convolution share | gd step / convs |")
