@@ -243,3 +243,24 @@ def test_score_guidance_on_a_path_sees_the_paths_x_and_time() -> None:
     seen_x, seen_t = guide.seen[0]
     torch.testing.assert_close(seen_x, k * x)
     torch.testing.assert_close(seen_t, torch.full((4,), 1000 * float(process.time_of_index(step)), dtype=torch.float64))
+
+
+def test_a_none_parameter_survives_save_and_load(tmp_path: object) -> None:
+    """TOML has no null: lambda_min=None (whole chain; default −5.1) is written "none" and read back."""
+    from pathlib import Path
+
+    pipe = ddkit.Pipeline.from_config(
+        {
+            "schedule": {"name": "cosine", "timesteps": 100},
+            "parameterization": {"name": "v", "clip_denoised": False},
+            "model": {"name": "mlp", "dim": 2},
+            "sampler": {"name": "ddim", "steps": 5, "lambda_min": None},
+        }
+    )
+    assert 'lambda_min = "none"' in pipe.to_toml()
+    out = Path(str(tmp_path)) / "p"
+    pipe.save(out)
+    again = ddkit.Pipeline.load(out)
+    assert again.sampler.lambda_min is None
+    x_T = pipe.noise(4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again.sample(x_T=x_T), pipe.sample(x_T=x_T))

@@ -31,6 +31,7 @@ from typing import Any
 
 import attrs
 
+from ddkit.pipeline.nulls import read_nulls
 from ddkit.diffusion.losses import LOSSES
 from ddkit.errors import ConfigError, PluginConflictError, UnknownPluginError
 from ddkit.params import check_params as check_factory_params
@@ -496,6 +497,7 @@ def check_parts(parts: Sequence[Part], derived: Mapping[str, Sequence[str]] | No
         except Exception as exc:  # a plugin whose module fails to import
             problems.append(f"{part.label} the {part.kind} {part.name!r} could not be loaded: {exc}")
             continue
+        read_nulls(part.params, factory)
         sig = _signature(factory)
         if sig is not None and derived:
             for key in derived.get(part.kind, ()):

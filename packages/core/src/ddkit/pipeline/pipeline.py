@@ -757,7 +757,30 @@ class Pipeline:
 
 
 def _plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The config without ``None`` values (TOML has no null; a missing key means the default)."""
+    """The config for TOML: a None parameter whose default differs is written ``"none"``, others dropped.
+
+    TOML has no null, and a missing key means the default (:mod:`ddkit.pipeline.nulls`).
+    """
+    from ddkit.pipeline.config import PART_KINDS
+    from ddkit.pipeline.nulls import write_nulls
+
+    def part(section: str, table: Any) -> Any:
+        if not isinstance(table, Mapping) or not isinstance(table.get("name"), str):
+            return table
+        try:
+            factory = registry_factory(PART_KINDS[section], table["name"])
+        except Exception:  # an object's marker or an unknown name: nothing to look up
+            factory = None
+        return write_nulls(table, factory)
+
+    config = {
+        section: (
+            [part(section, t) for t in value]
+            if section == "guidance" and isinstance(value, list)
+            else part(section, value) if section in PART_KINDS else value
+        )
+        for section, value in config.items()
+    }
 
     def clean(value: Any) -> Any:
         if isinstance(value, Mapping):
