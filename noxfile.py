@@ -114,6 +114,7 @@ def tests(session: nox.Session) -> None:
     """The cross-package tests in tests/ (parity excluded), with every package installed."""
     # diffusers runs the third-party example's parity cases against UniPCMultistepScheduler.
     install(session, *PACKAGES, extra=[*DEV, "uv", *PARITY])
+    session.install("--no-deps", *PARITY_NO_DEPS)  # tests/test_gpu_suite_dry.py runs guided-diffusion
     pytest(session, "tests", "--ignore=tests/parity", "--ignore=tests/reliability")
 
 

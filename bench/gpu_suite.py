@@ -187,39 +187,52 @@ def _stub_dir() -> Path:
 
 #: What ``--prepare`` builds from this checkout (wheels, so that their entry points register ddkit's parts).
 _LOCAL = ("core", "samplers", "models", "guidance")
+#: xformers for the GPU image's torch (2.11): 0.0.35 needs torch>=2.10 and is built for any CPython >= 3.9.
+XFORMERS = "xformers==0.0.35"
 #: What ``--prepare`` downloads: the references and what the GPU image lacks (see bench/README.md).
 _DOWNLOAD = ("guided-diffusion-sdk", "diffusers", "importlib_metadata")
+
+
+def _pip(python: str) -> list[str]:
+    """A pip to run: this interpreter's, else the first ``pip3``/``pip`` on PATH (uv venvs have none)."""
+    if subprocess.run([python, "-m", "pip", "--version"], capture_output=True).returncode == 0:
+        return [python, "-m", "pip"]
+    found = shutil.which("pip3") or shutil.which("pip")
+    if found is None:
+        raise SystemExit("--prepare needs pip: none in this interpreter or on PATH (python -m ensurepip)")
+    return [found]
 
 
 def prepare(folder: Path, python: str, xformers: str | None) -> int:
     """Fill ``folder`` with the wheels a bare GPU machine needs (run here, where pip reaches PyPI).
 
-    ddkit's packages are built from this checkout; the references are downloaded for
-    CPython 3.12 on x86-64 Linux without their dependencies (the GPU image has torch and the
-    rest). ``xformers`` (``xformers==VERSION``) is added only when asked: it must match the
-    GPU machine's torch, and its wheel is large (the device tool carries 64 MiB in all).
+    ddkit's packages are built from this checkout; the references and ``xformers`` (a spec
+    such as ``xformers==0.0.35``, which must suit the GPU machine's torch) are downloaded for
+    CPython 3.12 on x86-64 Linux without their dependencies: the GPU image has torch and the
+    rest. Together about 10 MiB; the device tool carries 64 MiB.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    pip = _pip(python)
     for pkg in _LOCAL:
-        cmd = [python, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(folder)]
-        subprocess.run([*cmd, str(ROOT / "packages" / pkg)], check=True)
+        subprocess.run(
+            [*pip, "wheel", "--no-deps", "-q", "-w", str(folder), str(ROOT / "packages" / pkg)], check=True
+        )
     platform = ["--python-version", "3.12", "--implementation", "cp", "--only-binary=:all:"]
     for tag in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "any"):
         platform += ["--platform", tag]
-    names = [*_DOWNLOAD, *([xformers] if xformers else [])]
-    pip = [python, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder), *platform]
-    for name in names:
-        done = subprocess.run([*pip, name])
+    download = [*pip, "download", "--no-deps", "-q", "-d", str(folder), *platform]
+    for name in [*_DOWNLOAD, *([xformers] if xformers else [])]:
+        done = subprocess.run([*download, name])
         if done.returncode != 0 and name == "guided-diffusion-sdk":  # a source-only release: build it
-            subprocess.run(
-                [python, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(folder), name], check=True
-            )
+            subprocess.run([*pip, "wheel", "--no-deps", "-q", "-w", str(folder), name], check=True)
         elif done.returncode != 0:
             return done.returncode
-    total = sum(f.stat().st_size for f in folder.glob("*.whl"))
-    print(f"{len(list(folder.glob('*.whl')))} wheels, {total / 2**20:.1f} MiB in {folder}")
+    wheels = sorted(folder.glob("*.whl"))
+    total = sum(w.stat().st_size for w in wheels)
+    print(f"{len(wheels)} wheels, {total / 2**20:.1f} MiB in {folder}: " + ", ".join(w.name for w in wheels))
     if total > 60 * 2**20:
-        print("more than the device tool carries well (64 MiB in all): leave xformers out or carry it alone")
+        print("more than the device tool carries with the checkout (64 MiB in all): leave xformers out")
+        return 1
     return 0
 
 
@@ -309,11 +322,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--prepare", type=Path, default=None, help="only fill this folder with the wheels --install needs"
     )
-    parser.add_argument("--xformers", default=None, help="with --prepare: also download this xformers spec")
+    parser.add_argument(
+        "--xformers",
+        default=XFORMERS,
+        help=f"with --prepare: the xformers to carry (default {XFORMERS}, 3 MiB; 'none': leave it out)",
+    )
     args = parser.parse_args(argv)
     python = sys.executable
     if args.prepare is not None:
-        return prepare(args.prepare, python, args.xformers)
+        return prepare(args.prepare, python, None if args.xformers == "none" else args.xformers)
     device = "cpu" if args.dry else args.device
     run_mode = "dry" if args.dry else "quick" if args.quick else "full"
     budget = args.budget if args.budget is not None else (QUICK_BUDGET_S if args.quick else None)
