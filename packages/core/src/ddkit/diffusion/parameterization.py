@@ -161,7 +161,7 @@ class GaussianParameterization:
         if self.prediction == "velocity":
             # Solve x_path = α·x_0 + σ·ε, v = α'·x_0 + σ'·ε for x_0 and ε, with x_path = k·x_t.
             a, s, da, ds = process.path_coefs(t, x_t)
-            k = process.scale(t, x_t)
+            k = process.scale(t, x_t) if isinstance(t, Tensor) else (a * a + s * s) ** 0.5
             det = a * ds - s * da
             return Linear(ds * k / det, x_t, -s / det, mean_part), Linear(-da * k / det, x_t, a / det, mean_part)
         if self.prediction == "x0":

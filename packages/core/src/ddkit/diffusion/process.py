@@ -8,6 +8,7 @@ host-device synchronisation happens inside a sampling loop.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Coef", "GaussianProcess", "Step", "validate_betas"]
 
+#: Entries a per-step cache holds before it is emptied (a loop revisits a few dozen steps).
+_CACHE_LIMIT = 4096
 #: A step index: one Python number for the whole batch, or a tensor of shape [B].
 Step = int | float | Tensor
 #: A coefficient: a Python float (step shared by the batch) or a tensor broadcastable to x.
@@ -193,7 +196,8 @@ class GaussianProcess:
         self._cache: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
         self._floats: dict[str, list[float]] = {}
         self._map_cache: dict[torch.device, Tensor] = {}
-        self._step_t_cache: dict[tuple[int, int, torch.device], Tensor] = {}
+        self._step_t_cache: dict[tuple[int | float, int, torch.device], Tensor] = {}
+        self._points: dict[float, tuple[float, float, float, float, float, float]] = {}
         self._is_respaced = self.num_timesteps != self.original_num_steps or not np.array_equal(
             self.timestep_map, np.arange(self.num_timesteps)
         )
@@ -280,10 +284,13 @@ class GaussianProcess:
         For a Python-int step the tensor is built once per (step, batch, device) and reused:
         a sampling loop asks for the same few every call. Treat it as read-only.
         """
-        if type(t) is int:
+        if type(t) is int or (type(t) is float and self.path is not None):
+            # A path's sampler revisits the same fractional steps every call: cache those too.
             key = (t, batch, torch.device(device))
             cached = self._step_t_cache.get(key)
             if cached is None:
+                if len(self._step_t_cache) > _CACHE_LIMIT:
+                    self._step_t_cache.clear()
                 cached = self._step_t_cache[key] = self._model_timesteps(t, batch, device)
             return cached
         return self._model_timesteps(t, batch, device)
@@ -429,8 +436,7 @@ class GaussianProcess:
             ab = torch.from_numpy(np.asarray(a * a / (a * a + s * s), dtype=np.float64)).to(t.device)
             ref = like if like is not None else ab
             return ab.to(ref.dtype).reshape(-1, *([1] * (ref.ndim - 1)))
-        a, s = self.path.alpha_sigma(np.array([self.time_of_index(float(t))]))
-        return float(a[0] ** 2 / (a[0] ** 2 + s[0] ** 2))
+        return self._point(float(t))[4]
 
     def scale(self, t: Step, like: Tensor) -> Coef:
         """sqrt(α² + σ²) at step ``t``: the path's x_t is this times the chain's x (1 off a path)."""
@@ -442,23 +448,40 @@ class GaussianProcess:
                 a, s = self.path.alpha_sigma(np.asarray(self.times))
                 floats = self._scale_floats = np.sqrt(a * a + s * s).tolist()
             return floats[t]
-        raw = t.detach().cpu().double().numpy() if isinstance(t, Tensor) else float(t)
-        a, s = self.path.alpha_sigma(np.atleast_1d(np.asarray(self.time_of_index(raw))))
+        if not isinstance(t, Tensor):
+            return self._point(float(t))[5]
+        a, s = self.path.alpha_sigma(np.atleast_1d(np.asarray(self.time_of_index(t.detach().cpu().double().numpy()))))
         values = np.sqrt(a * a + s * s)
-        if isinstance(t, Tensor) and t.ndim > 0:
+        if t.ndim > 0:
             out = torch.from_numpy(values).to(device=like.device, dtype=like.dtype)
             return out.reshape(-1, *([1] * (like.ndim - 1)))
         return float(values[0])
+
+    def _point(self, t: float) -> tuple[float, float, float, float, float, float]:
+        """(α, σ, dα/dt, dσ/dt, ᾱ, sqrt(α² + σ²)) at the chain's (fractional) step ``t``, cached."""
+        point = self._points.get(t)
+        if point is None:
+            assert self.path is not None
+            times = np.array([self.time_of_index(t)], dtype=np.float64)
+            a, s = self.path.alpha_sigma(times)
+            da, ds = self.path.derivatives(times)
+            ab = a[0] * a[0] / (a[0] * a[0] + s[0] * s[0])
+            if len(self._points) > _CACHE_LIMIT:
+                self._points.clear()
+            k = math.sqrt(a[0] * a[0] + s[0] * s[0])
+            point = self._points[t] = (float(a[0]), float(s[0]), float(da[0]), float(ds[0]), float(ab), k)
+        return point
 
     def path_coefs(self, t: Step, like: Tensor) -> tuple[Coef, Coef, Coef, Coef]:
         """(α, σ, dα/dt, dσ/dt) at step ``t`` of a path, as floats or tensors shaped [B, 1, ...]."""
         if self.path is None:
             raise ValueError("a discrete chain has no time derivative; use a continuous path")
-        raw = t.detach().cpu().double().numpy() if isinstance(t, Tensor) else float(t)
-        times = np.atleast_1d(np.asarray(self.time_of_index(raw)))
+        if not isinstance(t, Tensor):
+            return self._point(float(t))[:4]
+        times = np.atleast_1d(np.asarray(self.time_of_index(t.detach().cpu().double().numpy())))
         a, s = self.path.alpha_sigma(times)
         da, ds = self.path.derivatives(times)
-        if isinstance(t, Tensor) and t.ndim > 0:
+        if t.ndim > 0:
             shape = (-1, *([1] * (like.ndim - 1)))
             return tuple(  # type: ignore[return-value]
                 torch.from_numpy(np.asarray(v, dtype=np.float64)).to(like.device, like.dtype).reshape(shape)
