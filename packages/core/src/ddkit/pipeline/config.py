@@ -31,10 +31,10 @@ from typing import Any
 
 import attrs
 
-from ddkit.pipeline.nulls import read_nulls
 from ddkit.diffusion.losses import LOSSES
 from ddkit.errors import ConfigError, PluginConflictError, UnknownPluginError
 from ddkit.params import check_params as check_factory_params
+from ddkit.pipeline.nulls import read_nulls
 
 __all__ = [
     "DEFAULTS",
