@@ -7,9 +7,11 @@ On a CUDA machine this writes, one file per benchmark, each run in a fresh inter
 - ``environment.json``: GPU name, memory, driver, CUDA, torch, CPU, package versions, and an
   xformers probe (import it *and* run its attention kernel against sdpa), recorded as
   "runnable" or "not runnable (reason)";
-- ``unet_throughput.json``: U-Net forward/training throughput, ddkit bf16 against
-  guided-diffusion fp16 (``bench/unet_throughput.py --device cuda --dtype bf16``);
-- ``sampling_speed.json``: DDIM sampling steps per second (``bench/sampling_speed.py``);
+- ``unet_throughput.json``: forward/training throughput of guided-diffusion's ImageNet-64
+  U-Net, ddkit bf16 against guided-diffusion fp16 and diffusers' ``UNet2DModel`` of the same
+  shape in bf16 (``bench/unet_throughput.py --preset imagenet64 --diffusers``);
+- ``sampling_speed.json``: sampling steps per second at batch 64, ddim and dpm-solver++,
+  against guided-diffusion and diffusers' pipeline loop (``bench/sampling_speed.py``);
 - ``attention_memory.json``: peak memory of sampling at 64×64 per attention backend, xformers
   included where it runs (``bench/attention_memory.py --device cuda --dtype bf16``);
 - ``train_step.json`` and ``train_step_fp16.json``: the whole Trainer step against
@@ -22,8 +24,11 @@ stub package on ``PYTHONPATH`` that raises ImportError), so that ``attention_bac
 cannot pick kernels that refuse to run; each such file says so under ``adapted``.
 
 It imports only the standard library itself and runs the benchmarks with this interpreter,
-which needs torch (CUDA), numpy, ddkit and its plugins, guided_diffusion and diffusers.
-``--device cpu`` runs the same machinery on the CPU (to test the suite, not for figures).
+which needs torch (CUDA), numpy, ddkit and its plugins, guided_diffusion and diffusers
+(``--prepare DIR`` gathers their wheels where pip works, ``--install DIR`` adds them on the
+GPU machine without touching its torch).
+``--dry`` runs the same five benchmarks on the CPU at tiny sizes (to test the suite in CI, not
+for figures); ``--quick`` fits the device tool's 10 minutes (bench/README.md: GPU session checklist).
 """
 
 from __future__ import annotations
@@ -313,7 +318,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the whole suite on the CPU at tiny sizes (for CI; numbers mean nothing)",
     )
     parser.add_argument("--only", nargs="+", default=None, choices=[b.name for b in GPU_BENCHES])
-    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="--dry implies cpu")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per benchmark in a full run")
     parser.add_argument(
         "--budget", type=int, default=None, help=f"seconds for the whole suite (--quick: {QUICK_BUDGET_S})"
@@ -331,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     python = sys.executable
     if args.prepare is not None:
         return prepare(args.prepare, python, None if args.xformers == "none" else args.xformers)
-    device = "cpu" if args.dry else args.device
+    device = "cpu" if args.dry else "cuda"
     run_mode = "dry" if args.dry else "quick" if args.quick else "full"
     budget = args.budget if args.budget is not None else (QUICK_BUDGET_S if args.quick else None)
     start = time.perf_counter()
@@ -361,10 +365,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.only and spec.name not in args.only:
                 continue
             bench = spec.bench(run_mode)
-            if run_mode == "full" and device == "cpu":  # --device cpu: the machinery, at CPU sizes
-                to_cpu = {"cuda": "cpu", "bf16": "fp32", "fp16": "fp32"}
-                args_cpu = tuple(to_cpu.get(a, a) for a in bench.args)
-                bench = Bench(bench.name, bench.script, args_cpu, args_cpu, owner=bench.owner)
             timeout = {"dry": DRY_TIMEOUT_S, "quick": spec.budget_s, "full": args.timeout}[run_mode]
             if budget is not None:
                 left = budget - (time.perf_counter() - start)
