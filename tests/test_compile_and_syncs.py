@@ -94,6 +94,25 @@ def test_compile_aot_eager_matches_and_survives_save_and_load(tmp_path: Path) ->
     torch.testing.assert_close(_draw(loaded), before, rtol=0, atol=1e-5)
 
 
+def test_cuda_graph_modes_keep_each_output_for_multistep_samplers() -> None:
+    # reduce-overhead records CUDA graphs whose outputs the next replay overwrites; the wrapper
+    # copies them, so DPM-Solver++(2M), which reuses the previous output, samples as uncompiled.
+    torch.manual_seed(0)
+    cfg = {**_config(), "sampler": {"name": "dpm-solver++", "steps": 5}}
+    plain = ddkit.Pipeline.from_config(cfg)
+    model = {
+        **cfg["model"],
+        "compile": True,
+        "compile_mode": "reduce-overhead",
+        "compile_backend": "aot_eager",
+    }
+    graphed = ddkit.Pipeline.from_config({**cfg, "model": model})
+    graphed.model.load_state_dict(plain.model.state_dict())
+    wrapper = CompiledModel(graphed.sampling_model, mode="reduce-overhead", backend="aot_eager")
+    assert wrapper.graphed
+    torch.testing.assert_close(_draw(graphed), _draw(plain), rtol=0, atol=1e-5)
+
+
 def test_compile_off_builds_no_wrapper() -> None:
     pipe = ddkit.Pipeline.from_config(_config(compile=False))
     _draw(pipe)

@@ -27,16 +27,27 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from ddkit.errors import ConfigError
 from ddkit.protocols import ModelSpec, model_spec
 
-__all__ = ["COMPILE_KEYS", "MODES", "CompiledModel", "compile_options", "sampling_model", "take_options"]
+__all__ = [
+    "COMPILE_KEYS",
+    "GRAPHED_MODES",
+    "MODES",
+    "CompiledModel",
+    "compile_options",
+    "sampling_model",
+    "take_options",
+]
 
 #: The ``[model]`` keys that configure compilation (read by the pipeline, never passed to the factory).
 COMPILE_KEYS: tuple[str, ...] = ("compile", "compile_mode", "compile_backend")
 #: ``torch.compile`` modes (``None`` is its default mode).
 MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: Modes in which Inductor records CUDA graphs (their outputs are overwritten by the next replay).
+GRAPHED_MODES: tuple[str, ...] = ("reduce-overhead", "max-autotune")
 
 
 def _check(options: Mapping[str, Any], label: str) -> list[str]:
@@ -113,9 +124,16 @@ class CompiledModel(nn.Module):
         object.__setattr__(self, "compiled", compiled)
         object.__setattr__(self, "spec", spec)
         object.__setattr__(self, "compile_kwargs", dict(kwargs))
+        object.__setattr__(self, "graphed", kwargs.get("mode") in GRAPHED_MODES)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.compiled(*args, **kwargs)
+        if not self.graphed:
+            return self.compiled(*args, **kwargs)
+        # CUDA graphs replay into the same output memory: mark each call a new step and hand back
+        # copies, so multistep samplers may keep earlier outputs (DPM-Solver++'s history).
+        torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
+        out = self.compiled(*args, **kwargs)
+        return tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, out)
 
     def __getattr__(self, name: str) -> Any:
         try:
