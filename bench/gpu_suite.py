@@ -251,18 +251,7 @@ def install(folder: Path, python: str) -> dict[str, Any]:
     if not wheels:
         raise SystemExit(f"--install {folder}: no *.whl files there; make them with --prepare {folder}")
     site = Path(tempfile.mkdtemp(prefix="ddkit-bench-site-"))
-    cmd = [
-        python,
-        "-m",
-        "pip",
-        "install",
-        "-q",
-        "--no-index",
-        "--no-deps",
-        "--no-compile",
-        "--target",
-        str(site),
-    ]
+    cmd = [*_pip(python), "install", "-q", "--no-index", "--no-deps", "--no-compile", "--target", str(site)]
     subprocess.run([*cmd, *map(str, wheels)], check=True)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
     sys.path.insert(0, str(site))
