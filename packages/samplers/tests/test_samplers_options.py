@@ -284,7 +284,7 @@ def test_ddim_inversion_needs_eta_zero() -> None:
         ("ddim", {"spacing": "linspce"}, ValueError, "did you mean 'linspace'"),
         ("ddim", {"spacing": "ddim50", "steps": 50}, ValueError, "leave 'steps' unset"),
         ("ddim", {"spacing": [10, 10, 0]}, ValueError, "must not repeat"),
-        ("ddim", {"spacing": [1.5, 0]}, TypeError, "list of int timesteps"),
+        ("ddim", {"spacing": ["a", 0]}, TypeError, "non-empty list of levels"),
         ("ddim", {"spacing": 3}, TypeError, "'spacing' must be a str"),
         ("ddim", {"setps": 10}, TypeError, "unexpected keyword argument 'setps'"),
         ("euler", {"s_tmin": 2.0, "s_tmax": 1.0}, ValueError, "'s_tmin' \\(2.0\\) must not exceed 's_tmax'"),
@@ -319,6 +319,11 @@ def test_impossible_schedules_fail_before_sampling() -> None:
         ddkit.create("sampler", "ddim", steps=T + 1, spacing="linspace").check(d)
     with pytest.raises(ValueError, match=f"< T = {T}"):
         ddkit.create("sampler", "ddpm", spacing=[0, T]).check(d)
+    # Fractional levels are path times: a discrete chain refuses them before sampling.
+    with pytest.raises(ValueError, match="fractional levels are path times"):
+        ddkit.create("sampler", "ddim", spacing=[1.5, 0]).check(d)
+    with pytest.raises(ValueError, match="fractional levels are path times"):
+        ddkit.create("sampler", "euler", spacing=[10.5, 2]).check(d)
     with pytest.raises(ValueError, match="excludes every timestep"):
         ddkit.create("sampler", "dpm-solver++", lambda_min=50.0).check(d)
     with pytest.raises(ValueError, match="batch and a channel"):

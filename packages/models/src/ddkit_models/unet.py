@@ -201,6 +201,10 @@ class ADMUNet(nn.Module):
         check_backend(attention_backend)
         if num_heads_upsample == -1:
             num_heads_upsample = num_heads
+        elif num_heads_upsample <= 0:
+            raise ValueError(
+                f"'num_heads_upsample' must be a positive int, or -1 to use num_heads (got {num_heads_upsample!r})"
+            )
         attention_resolutions = tuple(attention_resolutions)
 
         self.image_size = image_size

@@ -18,7 +18,7 @@ and implementing :meth:`~PathSchedule.alpha_sigma` (see docs/plugins.md).
 from __future__ import annotations
 
 import math
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 
 import numpy as np
 import torch
@@ -142,10 +142,15 @@ class PathSchedule:
             ac = self.alphas_cumprod
             prev = np.append(1.0, ac[:-1])
             betas = 1.0 - ac / prev
-            if not ((betas > 0) & (betas <= 1)).all():
+            bad = ~((betas > 0) & (betas <= 1))
+            if bad.any():
+                i = int(np.argmax(bad))
+                given = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
                 raise ConfigError(
-                    f"path {self.name!r} is not monotone on its grid of {self._timesteps} times: the noise "
-                    "level must rise strictly from t = 0 to t_max; check its parameters"
+                    f"path {self.name!r} ({given}) is not monotone on its grid of {self._timesteps} times: "
+                    f"ᾱ = {ac[i]:.3g} at step {i} does not fall below the step before it ({prev[i]:.3g}), so "
+                    "those steps carry no noise of their own (the parameters are too extreme for float64); "
+                    "bring them closer to the defaults or use fewer timesteps"
                 )
             betas.flags.writeable = False
             self._betas = betas
@@ -313,18 +318,27 @@ def process_of(schedule: object) -> GaussianProcess:
 # -- registered factories (kind "schedule") -------------------------------------------------
 
 
+_P = TypeVar("_P", bound=PathSchedule)
+
+
+def _checked(path: _P) -> _P:
+    """``path`` once its grid is known to be monotone: a bad parameter is refused at creation."""
+    path.betas  # noqa: B018 (computing them is the check)
+    return path
+
+
 def rectified_flow(timesteps: int = 1000, *, shift: float = 1.0) -> RectifiedFlow:
     """Rectified flow / flow matching: α = 1 − t, σ = t, SD3's ``shift`` on the training times."""
-    return RectifiedFlow(timesteps, shift=shift)
+    return _checked(RectifiedFlow(timesteps, shift=shift))
 
 
 def edm(
     timesteps: int = 1000, *, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
 ) -> EDM:
     """EDM's variance-exploding path: α = 1, σ ∈ [sigma_min, sigma_max] (Karras et al. 2022)."""
-    return EDM(timesteps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
+    return _checked(EDM(timesteps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho))
 
 
 def vp_continuous(timesteps: int = 1000, *, beta_min: float = 0.1, beta_max: float = 20.0) -> VPContinuous:
     """The continuous VP path of Song et al. 2021 (β(t) linear from beta_min to beta_max)."""
-    return VPContinuous(timesteps, beta_min=beta_min, beta_max=beta_max)
+    return _checked(VPContinuous(timesteps, beta_min=beta_min, beta_max=beta_max))

@@ -31,10 +31,21 @@ __all__ = [
 ]
 
 
+#: The most training steps a resampler keeps statistics for (as the schedules' own limit).
+MAX_TIMESTEPS = 100_000
+#: The most losses per step the loss-second-moment resampler remembers.
+MAX_HISTORY = 10_000
+
+
 def _check_timesteps(timesteps: object) -> int:
     if isinstance(timesteps, bool) or not isinstance(timesteps, int | np.integer) or timesteps < 1:
         raise ConfigError(
             f"'timesteps' must be a positive int, the number of training steps (got {timesteps!r})"
+        )
+    if timesteps > MAX_TIMESTEPS:
+        raise ConfigError(
+            f"'timesteps' must be at most {MAX_TIMESTEPS}, as for schedules (got {timesteps!r}); it is the "
+            "schedule's number of training steps"
         )
     return int(timesteps)
 
@@ -133,9 +144,12 @@ class LossSecondMomentResampler:
         if (
             isinstance(history_per_term, bool)
             or not isinstance(history_per_term, int)
-            or history_per_term < 1
+            or not 1 <= history_per_term <= MAX_HISTORY
         ):
-            raise ConfigError(f"'history_per_term' must be a positive int (got {history_per_term!r})")
+            raise ConfigError(
+                f"'history_per_term' must be an int in [1, {MAX_HISTORY}], the losses kept per step "
+                f"(got {history_per_term!r}; guided-diffusion keeps 10)"
+            )
         if not 0.0 <= uniform_prob <= 1.0:
             raise ConfigError(f"'uniform_prob' must lie in [0, 1] (got {uniform_prob!r})")
         self.history_per_term = history_per_term
