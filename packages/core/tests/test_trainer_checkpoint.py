@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,14 @@ def test_a_write_that_fails_with_enospc_leaves_nothing_behind(
     with pytest.raises(OSError, match=r"No space left on device.*state\.pt"):
         ckpt.write_checkpoint(tmp_path, 2, _files(2.0))
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt-000001"]
+
+
+def test_the_slow_write_hook_is_off_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(_atomic.SLOW_WRITE_ENV, raising=False)
+    began = time.perf_counter()
+    _atomic.fault_point("checkpoint:file")
+    assert time.perf_counter() - began < 0.05
+    monkeypatch.setenv(_atomic.SLOW_WRITE_ENV, "0.1")
+    began = time.perf_counter()
+    _atomic.fault_point("checkpoint:file")
+    assert time.perf_counter() - began >= 0.1

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from ddkit.training.guard import NonFiniteTrainingError
+from ddkit.training.lock import RunLockedError
 from ddkit.training.trainer import Trainer
 
-__all__ = ["Trainer"]
+__all__ = ["NonFiniteTrainingError", "RunLockedError", "Trainer"]
