@@ -15,7 +15,10 @@ DDIM (eta 0) over a respaced chain of ``--steps`` steps:
 ``DDPMPipeline`` and ``DDIMPipeline`` run it) with ``DDIMScheduler`` (clipped x0, eta 0) or
 ``DPMSolverMultistepScheduler`` (``dpmsolver++``, order 2), both calling the same ddkit network
 in the same precision (bf16 autocast on CUDA, fp32 on the CPU): the ratio measures the loop and
-the solver around one network. guided-diffusion has no DPM-Solver, so it runs DDIM only.
+the solver around one network. diffusers' DDIM is set to walk guided-diffusion's chain (the same
+timesteps, alpha_bar = 1 after the last, eps re-derived from the clipped x0), so in fp32 its
+samples match guided-diffusion's as ddkit's do. guided-diffusion has no DPM-Solver, so it runs
+DDIM only.
 
 Configurations are interleaved round by round after a warm-up round; the median wall time of
 each gives steps per second (model evaluations per second; one per DDIM step) and images per
@@ -158,22 +161,26 @@ def build(args: argparse.Namespace, device: torch.device) -> dict[str, Runner]:
         schedule = {"num_train_timesteps": T, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
         scheduler: Any
         if sampler == "ddim":
-            scheduler = DDIMScheduler(**schedule, clip_sample=True, set_alpha_to_one=False)  # type: ignore[no-untyped-call]
+            scheduler = DDIMScheduler(**schedule, clip_sample=True, set_alpha_to_one=True)  # type: ignore[no-untyped-call]
         else:
             scheduler = DPMSolverMultistepScheduler(  # type: ignore[no-untyped-call]
                 **schedule, algorithm_type="dpmsolver++", solver_order=2
             )
-        scheduler.set_timesteps(args.steps, device=device)
+        scheduler.set_timesteps(args.steps)
 
         def context() -> Any:
             return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16")
 
         def run(x: Tensor) -> Tensor:
-            scheduler.set_timesteps(args.steps, device=device)  # resets the multistep solver's history
-            kwargs = {"eta": 0.0} if sampler == "ddim" else {}
+            # As DDIMPipeline does: timesteps on the CPU (the scheduler indexes its CPU tables with
+            # them), moved to the device for the network; set again to reset DPM-Solver's history.
+            scheduler.set_timesteps(args.steps)
+            # eps re-derived from the clipped x0, as guided-diffusion and ddkit do
+            kwargs = {"eta": 0.0, "use_clipped_model_output": True} if sampler == "ddim" else {}
             with context(), torch.no_grad():
                 for t in scheduler.timesteps:
-                    eps = model(x, t.expand(x.shape[0]))[:, :3].float()  # learned sigma: drop the variance
+                    t_in = t.to(device).expand(x.shape[0])
+                    eps = model(x, t_in)[:, :3].float()  # learned sigma: drop the variance
                     x = scheduler.step(eps, t, x, **kwargs).prev_sample
             return x
 
@@ -245,7 +252,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         if ref is not None and ref_forward is not None:
             row["forward_max_abs_diff_to_gd_fp32"] = float((forwards[name] - ref_forward).abs().max())
             row["forward_scale"] = float(ref_forward.abs().max())
-            if row["sampler"] == "ddim" and "diffusers" not in name:  # the same DDIM chain as the reference
+            if row["sampler"] == "ddim":  # the same DDIM chain as the reference (diffusers' too)
                 row["sample_max_abs_diff_to_gd_fp32"] = float((outputs[name] - ref).abs().max())
         rows.append(row)
     by = {r["config"]: r for r in rows}

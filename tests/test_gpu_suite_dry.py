@@ -85,6 +85,9 @@ def test_dry_suite_writes_ok_envelopes_that_report_renders(tmp_path: Path) -> No
     sampling = json.loads((out / "sampling_speed.json").read_text())["result"]
     assert {r["sampler"] for r in sampling["rows"]} == {"ddim", "dpm-solver++"}
     assert any("dpm-solver++" in k and "diffusers" in k for k in sampling["ratios"])
+    rows = {r["config"]: r for r in sampling["rows"]}
+    for config in ("ddkit fp32", "diffusers DDIM loop fp32"):  # the same DDIM chain as guided-diffusion
+        assert rows[config]["sample_max_abs_diff_to_gd_fp32"] < 1e-3, rows[config]
     memory = json.loads((out / "attention_memory.json").read_text())["result"]
     assert {r["backend"] for r in memory["rows"] if r["status"] == "ok"} == {"sdpa", "math"}
     assert "sampling: ddkit / diffusers pipeline loop, dpm-solver++ fp32" in done.stdout
