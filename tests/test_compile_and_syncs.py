@@ -113,6 +113,23 @@ def test_cuda_graph_modes_keep_each_output_for_multistep_samplers() -> None:
     torch.testing.assert_close(_draw(graphed), _draw(plain), rtol=0, atol=1e-5)
 
 
+def test_compiled_sampling_follows_weights_changed_in_place() -> None:
+    # The Trainer updates the model and its EMA in place: the compiled graph must read the new values.
+    torch.manual_seed(0)
+    plain = ddkit.Pipeline.from_config(_config())
+    compiled = ddkit.Pipeline.from_config(_config(compile=True, compile_backend="aot_eager"))
+    compiled.model.load_state_dict(plain.model.state_dict())
+    before = _draw(plain)
+    torch.testing.assert_close(_draw(compiled), before, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        for pipe in (plain, compiled):
+            for p in pipe.model.parameters():
+                p.mul_(0.5).add_(0.01)
+    after = _draw(plain)
+    assert not torch.allclose(after, before, atol=1e-3)  # the change shows in the samples
+    torch.testing.assert_close(_draw(compiled), after, rtol=0, atol=1e-5)
+
+
 def test_compile_off_builds_no_wrapper() -> None:
     pipe = ddkit.Pipeline.from_config(_config(compile=False))
     _draw(pipe)
