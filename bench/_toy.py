@@ -10,6 +10,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +19,18 @@ from torch import Tensor, nn
 from ddkit.denoiser import Denoiser
 from ddkit.diffusion import GaussianParameterization, GaussianProcess
 
-__all__ = ["ToyMLP", "betas_for", "make_denoiser", "ring8", "sliced_wasserstein", "train_toy"]
+__all__ = [
+    "ExactRing",
+    "ToyMLP",
+    "betas_for",
+    "load_k_diffusion_sampling",
+    "make_denoiser",
+    "ring8",
+    "ring_centers",
+    "ring_posterior",
+    "sliced_wasserstein",
+    "train_toy",
+]
 
 
 def ring8(n: int, generator: torch.Generator, radius: float = 2.0, std: float = 0.15) -> Tensor:
@@ -136,3 +148,108 @@ def sliced_wasserstein(a: Tensor, b: Tensor, n_proj: int = 256, seed: int = 0) -
     if not torch.isfinite(pa).all():
         return float("inf")
     return float((pa - pb).square().mean(dim=0).sqrt().mean())
+
+
+# -- the exact denoiser of ring8 data (no training) ----------------------------------------------
+
+
+def ring_centers(radius: float = 2.0) -> Tensor:
+    """The 8 mixture means of :func:`ring8`, float64 [8, 2]."""
+    angle = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
+    return torch.stack([angle.cos(), angle.sin()], dim=1) * radius
+
+
+def ring_posterior(
+    x: Tensor, alpha_bar: Tensor, radius: float = 2.0, std: float = 0.15
+) -> tuple[Tensor, Tensor]:
+    """E[x_0 | x_t] and E[ε | x_t] of :func:`ring8` data, x_t = sqrt(ᾱ)·x_0 + sqrt(1 − ᾱ)·ε, in float64.
+
+    Per component k: x_t ~ N(sqrt(ᾱ)·μ_k, v·I), v = ᾱ·std² + 1 − ᾱ; the posterior mixes the
+    components' means by their responsibilities. ``alpha_bar`` is one value per row ([B] or scalar).
+    """
+    xd = x.double()
+    ab = torch.as_tensor(alpha_bar, dtype=torch.float64).reshape(-1, 1, 1)
+    mu = ring_centers(radius)[None]  # [1, 8, 2]
+    v = ab * std**2 + (1.0 - ab)
+    diff = xd[:, None, :] - ab.sqrt() * mu  # [B, 8, 2]
+    w = torch.softmax(-diff.square().sum(-1, keepdim=True) / (2.0 * v), dim=1)
+    centred = (w * diff).sum(1)  # E[x_t − sqrt(ᾱ)μ_k]
+    eps = (1.0 - ab[:, 0]).sqrt() * centred / v[:, 0]
+    x0 = (w * (mu + std**2 * ab.sqrt() * diff / v)).sum(1)
+    return x0, eps
+
+
+class ExactRing(nn.Module):
+    """The exact ε-network of :func:`ring8` data on a chain with ``alphas_cumprod`` (no training).
+
+    A fractional timestep t interpolates log σ between training steps (the inverse of
+    :func:`ddkit.sampling.sigma_to_t`, and how diffusers maps σ to t), so every framework's
+    sampler sees the same network. ``calls`` counts the evaluations.
+    """
+
+    def __init__(self, alphas_cumprod: np.ndarray) -> None:
+        super().__init__()
+        ac = torch.as_tensor(np.asarray(alphas_cumprod, dtype=np.float64))
+        self.log_sigmas = 0.5 * (torch.log1p(-ac) - torch.log(ac.clamp_min(1e-300)))
+        self.ac = ac
+        self.calls = 0
+
+    def alpha_bar(self, t: Tensor) -> Tensor:
+        """ᾱ at (fractional) training timesteps ``t``."""
+        n = self.ac.shape[0]
+        t = t.double().clamp(0.0, n - 1.0)
+        lo = t.floor().long().clamp(max=n - 2)
+        w = t - lo
+        log_sigma = (1.0 - w) * self.log_sigmas[lo] + w * self.log_sigmas[lo + 1]
+        exact = w == 0
+        out = 1.0 / (1.0 + torch.exp(2.0 * log_sigma))
+        return torch.where(exact, self.ac[lo], out)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        self.calls += 1
+        t = t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t.reshape(-1)
+        return ring_posterior(x, self.alpha_bar(t))[1].to(x.dtype)
+
+
+def load_k_diffusion_sampling() -> Any:
+    """k-diffusion's ``sampling.py`` alone (its package imports image libraries), or None if absent.
+
+    ``torchsde``/``torchdiffeq`` are stubbed when missing: only the Brownian-tree noise sampler
+    and the adaptive/likelihood solvers use them, and the bench passes its own noise sampler.
+    """
+    import importlib.util
+    import sys
+    import types
+
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None or spec.submodule_search_locations is None:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "sampling.py"
+    stubbed = []
+    for name in ("torchsde", "torchdiffeq"):
+        if name not in sys.modules and importlib.util.find_spec(name) is None:
+            stub = types.ModuleType(name)
+            stub.odeint = None  # type: ignore[attr-defined]
+            sys.modules[name] = stub
+            stubbed.append(name)
+    pkg = types.ModuleType("_kdiff")
+    pkg.__path__ = []  # type: ignore[attr-defined]
+    utils = types.ModuleType("_kdiff.utils")
+
+    def append_dims(x: Tensor, target_dims: int) -> Tensor:
+        return x[(...,) + (None,) * (target_dims - x.ndim)]
+
+    utils.append_dims = append_dims  # type: ignore[attr-defined]
+    pkg.utils = utils  # type: ignore[attr-defined]
+    sys.modules.setdefault("_kdiff", pkg)
+    sys.modules.setdefault("_kdiff.utils", utils)
+    module_spec = importlib.util.spec_from_file_location("_kdiff.sampling", path)
+    assert module_spec is not None
+    assert module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    finally:
+        for name in stubbed:  # other libraries (diffusers) probe for the real ones
+            del sys.modules[name]
+    return module

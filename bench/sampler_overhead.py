@@ -6,7 +6,10 @@ framework's overhead. Every configuration runs once per repetition, interleaved,
 machine load hit all alike; medians are reported, with ddkit's ratio to diffusers.
 Clipping of x_0 is off everywhere (diffusers' DPM-Solver++ has none), variance fixed-small.
 
-    python bench/sampler_overhead.py [--reps 15] [--steps 50] [--json out.json]
+    python bench/sampler_overhead.py [--reps 15] [--steps 50] [--pipeline] [--json out.json]
+
+``--pipeline`` times ddkit through ``Pipeline.sample`` (the call users make: noise from
+per-sample generators aside, the x_T is given) instead of ``sampler.sample`` on a bare denoiser.
 
 Issue 5's target is ddkit ≤ 0.3× diffusers for DDPM, DDIM and DPM-Solver++. The ancestral
 samplers (DDPM, Euler-ancestral) also draw a batch of standard normal noise per step: one
@@ -35,7 +38,9 @@ from ddkit.diffusion import GaussianParameterization, GaussianProcess
 
 SHAPE = (16, 3, 32, 32)
 #: Samplers that draw a batch of noise at (almost) every step.
-STOCHASTIC = ("ddpm", "euler-ancestral")
+STOCHASTIC = ("ddpm", "euler-ancestral", "dpm-solver++ sde")
+#: Benchmark rows that are a registered sampler with parameters.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {"dpm-solver++ sde": ("dpm-solver++", {"sde": True})}
 T = 1000
 
 
@@ -55,8 +60,27 @@ def linear_betas() -> np.ndarray:
     return np.linspace(1e-4, 0.02, T, dtype=np.float64)
 
 
-def ddkit_runner(name: str, steps: int, out: Tensor, **params: Any) -> tuple[Callable[[Tensor], Any], int]:
+def ddkit_runner(
+    kind: str, steps: int, out: Tensor, pipeline: bool = False
+) -> tuple[Callable[[Tensor], Any], int]:
+    name, params = VARIANTS.get(kind, (kind, {}))
     model = FreeModel(out)
+    if pipeline:
+        pipe = ddkit.Pipeline.from_config(
+            {
+                "schedule": {"name": "linear", "timesteps": T},
+                "parameterization": {"name": "epsilon", "variance": "fixed-small", "clip_denoised": False},
+                "sampler": {"name": name, "steps": steps, **params},
+            },
+            model=model,
+        )
+        pgen = torch.Generator().manual_seed(0)
+
+        def run_pipe(x: Tensor) -> Any:
+            return pipe.sample(x_T=x, generator=pgen)
+
+        run_pipe(torch.randn(SHAPE))
+        return run_pipe, pipe.sampler.last_nfe
     process = GaussianProcess(linear_betas())
     param = GaussianParameterization("epsilon", "fixed-small", False)
     sampler = ddkit.create("sampler", name, steps=steps, clip_denoised=False, **params)
@@ -121,10 +145,16 @@ def diffusers_runner(kind: str, steps: int, out: Tensor) -> tuple[Callable[[Tens
         sched = diffusers.HeunDiscreteScheduler(**common, use_karras_sigmas=True)
     elif kind == "euler-ancestral":
         sched = diffusers.EulerAncestralDiscreteScheduler(**common)
+    elif kind == "dpm-solver++ sde":
+        sched = diffusers.DPMSolverMultistepScheduler(**common, algorithm_type="sde-dpmsolver++")
+    elif kind == "deis":
+        sched = diffusers.DEISMultistepScheduler(**common, solver_order=3)
+    elif kind == "ipndm":
+        sched = diffusers.IPNDMScheduler(num_train_timesteps=T)  # its own sin/cos path
     else:
         return None
     step_kwargs: dict[str, Any] = {}
-    if kind in ("ddpm", "euler-ancestral"):
+    if kind in STOCHASTIC:
         step_kwargs["generator"] = torch.Generator().manual_seed(0)
     model = FreeModel(out)
 
@@ -166,15 +196,27 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=15, help="interleaved repetitions (median reported)")
     parser.add_argument("--steps", type=int, default=50, help="sampling steps per run")
     parser.add_argument("--json", type=str, default=None, help="write the results here")
+    parser.add_argument("--pipeline", action="store_true", help="time ddkit through Pipeline.sample")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     out = torch.randn(SHAPE) * 0.1
 
-    kinds = ("ddpm", "ddim", "plms", "dpm-solver++", "euler", "heun", "euler-ancestral")
+    kinds = (
+        "ddpm",
+        "ddim",
+        "plms",
+        "ipndm",
+        "deis",
+        "dpm-solver++",
+        "dpm-solver++ sde",
+        "euler",
+        "heun",
+        "euler-ancestral",
+    )
     runners: dict[tuple[str, str], tuple[Callable[[Tensor], Any], int]] = {}
     for kind in kinds:
-        runners[("ddkit", kind)] = ddkit_runner(kind, args.steps, out)
+        runners[("ddkit", kind)] = ddkit_runner(kind, args.steps, out, args.pipeline)
         gd_run = gd_runner(kind, args.steps, out) if kind in ("ddpm", "ddim", "plms") else None
         if gd_run is not None:
             runners[("guided-diffusion", kind)] = gd_run
@@ -218,6 +260,7 @@ def main() -> None:
         "threads": 1,
         "steps": args.steps,
         "reps": args.reps,
+        "ddkit_path": "Pipeline.sample" if args.pipeline else "sampler.sample",
         "model_call_us": m * 1e6,
         "noise_draw_us": noise * 1e6,
         "torch": torch.__version__,

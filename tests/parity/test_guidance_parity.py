@@ -232,7 +232,7 @@ def _loop_setup(variance: str, sampler: Any) -> tuple[TinyModel, TinyClassifier,
 @pytest.mark.parametrize("variance", ["fixed-small", "learned-range"])
 def test_ddpm_with_classifier_guidance_equals_p_sample_loop(variance: str) -> None:
     """The mean form under ``ddpm``: the same model, cond_fn and noise (global RNG, as guided-diffusion)."""
-    sampler = ddkit.create("sampler", "ddpm", steps=50)
+    sampler = ddkit.create("sampler", "ddpm", steps=50, spacing="sections", lambda_min=None)
     model, classifier, y, denoiser = _loop_setup(variance, sampler)
     assert denoiser.forms == ("mean",)
     x_T = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(3))
@@ -256,7 +256,7 @@ def test_ddpm_with_classifier_guidance_equals_p_sample_loop(variance: str) -> No
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_ddim_with_classifier_guidance_equals_ddim_sample_loop(eta: float) -> None:
     """The score form under ``ddim`` ("ddim25" stride), deterministic and with eta = 1."""
-    sampler = ddkit.create("sampler", "ddim", steps=25, eta=eta)
+    sampler = ddkit.create("sampler", "ddim", steps=25, eta=eta, lambda_min=None)
     model, classifier, y, denoiser = _loop_setup("fixed-small", sampler)
     assert denoiser.forms == ("score",)
     x_T = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(4))

@@ -127,7 +127,7 @@ def test_ddpm_matches_p_sample_loop_progressive(
     ref = list(
         diffusion.p_sample_loop_progressive(model, x_T.shape, noise=x_T, clip_denoised=clip, device="cpu")
     )
-    sampler = ddkit.create("sampler", "ddpm", steps=steps, lambda_min=None)
+    sampler = ddkit.create("sampler", "ddpm", steps=steps, spacing="sections", lambda_min=None)
     torch.manual_seed(123)
     states = steps_of(sampler.iterate(ddkit_denoiser(model, betas, mean, var, clip), x_T))
 
@@ -300,8 +300,10 @@ def _karras_case(
     latents = x_T * math.sqrt(1.0 + sigma0**2)  # diffusers' x/sqrt(ᾱ) scaling of the same start
     gen = torch.Generator().manual_seed(11)
     ref_ve = _drive(sched, model, latents, gen if name == "euler-ancestral" else None)
+    # Heun's form="sigma" is Karras's Alg. 2 as diffusers has it (ddkit's default is the exponential form).
+    form = {"form": "sigma"} if name == "heun" else {}
     sampler = ddkit.create(
-        "sampler", name, steps=steps, spacing="karras" if karras else "linspace", lambda_min=None
+        "sampler", name, steps=steps, spacing="karras" if karras else "linspace", lambda_min=None, **form
     )
     torch.manual_seed(0)
     states = list(

@@ -21,7 +21,12 @@ _LOG_VARIANCE = {"fixed_large": "fixed_large_log_variance", "posterior": "poster
 class DDPM(SamplerBase):
     """x_{t-1} ~ N(μ_θ(x_t), Σ_θ(x_t)) over the full chain or a respaced one; no noise at the last step.
 
-    ``steps=N`` keeps guided-diffusion's section spacing ``"N"`` (``None``: all T steps).
+    ``steps=N`` takes N steps at stride ⌊T'/N⌋ from t = 0 (diffusers' ``"leading"``) over the T'
+    training steps with half log-SNR λ ≥ ``lambda_min`` (default −5.1; ``None``: all T steps). That
+    start is what keeps few-step DDPM sane with a trained ε-model: on the README's cosine example
+    guided-diffusion's sections (``spacing="sections", lambda_min=None``, its ``"N"`` respacing)
+    score sliced Wasserstein 3.5 at 10 steps, the default 0.06 (all 995 steps from λ = −5.1: 0.05;
+    all 1000, from ᾱ = 2e-9: hundreds).
     Takes guidance in the model, mean and score forms (mean preferred). NFE = steps.
 
     .. versionadded:: 0.1.0
@@ -30,7 +35,7 @@ class DDPM(SamplerBase):
     name = "ddpm"
     guidance_forms = ("model", "mean", "score")
     stochastic = True
-    default_spacing = "sections"
+    default_spacing = "leading"
 
     def __init__(
         self,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from ddkit.sampling import (
     Run,
     SamplerBase,
     Spacing,
-    gaussian_log_prob,
+    Transition,
     sigmas_of,
 )
 
@@ -136,63 +136,94 @@ class DPMSolverPP(SamplerBase):
         if final_sigma not in ("zero", "min"):
             raise ValueError(f"'final_sigma' must be 'zero' or 'min' (got {final_sigma!r})")
         self.final_sigma = final_sigma
+        self._cache: dict[tuple[Any, ...], tuple[float, tuple[float, ...], float]] = {}
 
     def _plan(self, denoiser: Denoiser) -> Plan:
         return sigma_plan(self, denoiser, self.final_sigma)
 
     def _coefficients(self, sig: list[float], start: int) -> list[tuple[float, tuple[float, ...], float]]:
-        """Per step: the weight of x, of the x̂_0 history (newest first) and of the fresh noise."""
+        """Per step from ``start``: the weight of x, of the x̂_0 history (newest first) and of the noise."""
+        return [self._coefficient(sig, k, k - start) for k in range(start, len(sig) - 1)]
+
+    def _coefficient(self, sig: list[float], k: int, known: int) -> tuple[float, tuple[float, ...], float]:
+        """Step ``k``'s weights after ``known`` earlier x̂_0's of this walk (all Python floats)."""
         n = len(sig) - 1
-        alpha = [1.0 / math.sqrt(1.0 + s * s) for s in sig]
-        lam = [-math.log(s) if s > 0 else math.inf for s in sig]
+        if sig[k + 1] == 0.0:
+            return (0.0, (1.0,), 0.0)  # λ = ∞: the step lands on x̂_0 itself
         few = self.lower_order_final and n < 15
-        out: list[tuple[float, tuple[float, ...], float]] = []
-        for k in range(start, n):
-            known = k - start  # x̂_0's of this run before step k
-            if sig[k + 1] == 0.0:
-                out.append((0.0, (1.0,), 0.0))  # λ = ∞: the step lands on x̂_0 itself
-                continue
-            order = self.order
-            if known < 1 or (k == n - 1 and few):
-                order = 1
-            elif known < 2 or (k == n - 2 and few):
-                order = min(order, 2)
-            h = lam[k + 1] - lam[k]
-            ratio = (sig[k + 1] * alpha[k + 1]) / (sig[k] * alpha[k])  # s_{i+1}/s_i
-            noise = 0.0
-            if self.sde:
-                # x' = ratio·e^{−h}·x + α'(1 − e^{−2h})·(D0 + ...) + s'·sqrt(1 − e^{−2h})·z
-                ratio *= math.exp(-h)
-                one_m = -math.expm1(-2.0 * h)
-                a = alpha[k + 1] * one_m
-                b = alpha[k + 1] * (one_m / (-2.0 * h) + 1.0)
-                c = alpha[k + 1] * ((one_m - 2.0 * h) / (4.0 * h * h) - 0.5)
-                half = 0.5 * a
-                noise = sig[k + 1] * alpha[k + 1] * math.sqrt(one_m)
-            else:
-                a = alpha[k + 1] * -math.expm1(-h)  # α_{i+1}(1 − e^{−h})
-                b = alpha[k + 1] * (math.expm1(-h) / h + 1.0)
-                c = -alpha[k + 1] * ((math.expm1(-h) + h) / (h * h) - 0.5)
-                half = 0.5 * a
-            if order == 1:
-                out.append((ratio, (a,), noise))
-                continue
-            r0 = (lam[k] - lam[k - 1]) / h
-            if order == 2:
-                out.append((ratio, (a + half / r0, -half / r0), noise))
-                continue
-            r1 = (lam[k - 1] - lam[k - 2]) / h
-            # D1_0 = (m0 − m1)/r0, D1_1 = (m1 − m2)/r1, D1 = D1_0 + r0/(r0+r1)·(D1_0 − D1_1),
-            # D2 = (D1_0 − D1_1)/(r0+r1); x' = ratio·x + a·m0 + b·D1 + c·D2, collected per m.
-            d10 = np.array([1.0, -1.0, 0.0]) / r0
-            d11 = np.array([0.0, 1.0, -1.0]) / r1
-            d1 = d10 + r0 / (r0 + r1) * (d10 - d11)
-            d2 = (d10 - d11) / (r0 + r1)
-            w = a * np.array([1.0, 0.0, 0.0]) + b * d1 + c * d2
-            out.append((ratio, tuple(float(v) for v in w), noise))
-        return out
+        order = self.order
+        if known < 1 or (k == n - 1 and few):
+            order = 1
+        elif known < 2 or (k == n - 2 and few):
+            order = min(order, 2)
+        alpha = [1.0 / math.sqrt(1.0 + v * v) for v in sig[max(k - 2, 0) : k + 2]]
+        a_k, a_next = alpha[-2], alpha[-1]
+        lam = {j: -math.log(sig[j]) for j in range(max(k - 2, 0), k + 2)}
+        h = lam[k + 1] - lam[k]
+        ratio = (sig[k + 1] * a_next) / (sig[k] * a_k)  # s_{i+1}/s_i
+        noise = 0.0
+        if self.sde:
+            # x' = ratio·e^{−h}·x + α'(1 − e^{−2h})·(D0 + ...) + s'·sqrt(1 − e^{−2h})·z
+            ratio *= math.exp(-h)
+            one_m = -math.expm1(-2.0 * h)
+            a = a_next * one_m
+            b = a_next * (one_m / (-2.0 * h) + 1.0)
+            c = a_next * ((one_m - 2.0 * h) / (4.0 * h * h) - 0.5)
+            noise = sig[k + 1] * a_next * math.sqrt(one_m)
+        else:
+            a = a_next * -math.expm1(-h)  # α_{i+1}(1 − e^{−h})
+            b = a_next * (math.expm1(-h) / h + 1.0)
+            c = -a_next * ((math.expm1(-h) + h) / (h * h) - 0.5)
+        if order == 1:
+            return (ratio, (a,), noise)
+        r0 = (lam[k] - lam[k - 1]) / h
+        if order == 2:
+            return (ratio, (a + 0.5 * a / r0, -0.5 * a / r0), noise)
+        r1 = (lam[k - 1] - lam[k - 2]) / h
+        # D1_0 = (m0 − m1)/r0, D1_1 = (m1 − m2)/r1, D1 = D1_0 + r0/(r0+r1)·(D1_0 − D1_1),
+        # D2 = (D1_0 − D1_1)/(r0+r1); x' = ratio·x + a·m0 + b·D1 + c·D2, collected per m.
+        d10 = np.array([1.0, -1.0, 0.0]) / r0
+        d11 = np.array([0.0, 1.0, -1.0]) / r1
+        d1 = d10 + r0 / (r0 + r1) * (d10 - d11)
+        d2 = (d10 - d11) / (r0 + r1)
+        w = a * np.array([1.0, 0.0, 0.0]) + b * d1 + c * d2
+        return (ratio, tuple(float(v) for v in w), noise)
+
+    def transition(self, plan: Plan, k: int, x: Tensor, history: Any = None) -> Transition:
+        """Step ``k`` as N(mean, std²); ``history``: the earlier x̂_0's of this walk, newest first."""
+        past: tuple[Tensor, ...] = () if history is None else history
+        sig = plan.extra
+        pred = plan.denoiser(x, _step_t(plan.timesteps[k]), alpha_bar=1.0 / (1.0 + sig[k] * sig[k]))
+        ratio, weights, std = self._step_coefficients(sig, k, len(past))
+        if ratio == 0.0 and weights == (1.0,):
+            mean = pred.x0.clone()
+        elif len(weights) == 1:
+            mean = pred.blend_x0(ratio, x, weights[0])
+        else:
+            mean = torch.mul(x, ratio)
+            for w, m in zip(weights, (pred.x0, *past)):
+                mean.add_(m, alpha=w)
+        carry = (pred.x0, *past)[: self.order - 1] if self.order > 1 else ()
+        return Transition(mean, std, pred, carry)
+
+    def _step_coefficients(
+        self, sig: list[float], k: int, known: int
+    ) -> tuple[float, tuple[float, ...], float]:
+        """:meth:`_coefficient`, remembered per grid (a walk asks once per step)."""
+        key = (tuple(sig), k, known)
+        hit = self._cache.get(key)
+        if hit is None:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            hit = self._cache[key] = self._coefficient(sig, k, known)
+        return hit
 
     def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
+        if self.sde:
+            return self._walk(plan, x, start, run)  # noise and log-densities through run.draw
+        return self._ode(plan, x, start)
+
+    def _ode(self, plan: Plan, x: Tensor, start: int) -> Iterator[SamplerState]:
         d = plan.denoiser
         sig = plan.extra
         coefs = self._coefficients(sig, start)
@@ -200,9 +231,8 @@ class DPMSolverPP(SamplerBase):
         for k in range(start, plan.steps):
             s = sig[k]
             t = plan.timesteps[k]
-            pred = d(x, int(t) if t.is_integer() else t, alpha_bar=1.0 / (1.0 + s * s))
-            ratio, weights, noise_std = coefs[k - start]
-            log_prob = None
+            pred = d(x, _step_t(t), alpha_bar=1.0 / (1.0 + s * s))
+            ratio, weights, _ = coefs[k - start]
             if ratio == 0.0 and weights == (1.0,):
                 x_new = pred.x0.clone()
             elif len(weights) == 1:
@@ -214,11 +244,11 @@ class DPMSolverPP(SamplerBase):
             if self.order > 1:
                 history.insert(0, pred.x0)
                 del history[self.order - 1 :]
-            if noise_std > 0.0:
-                z = run.noise(x)
-                x_new.add_(z, alpha=noise_std)
-                if run.log_prob:
-                    log_prob = gaussian_log_prob(z, math.log(noise_std))
-            state = SamplerState(step=k - start, t=t, x=x_new, x0=pred, nfe=d.nfe, log_prob=log_prob)
+            state = SamplerState(step=k - start, t=t, x=x_new, x0=pred, nfe=d.nfe)
             yield state
             x = state.x
+
+
+def _step_t(t: float) -> int | float:
+    """A timestep as the denoiser takes it: an int on the training grid, else a float."""
+    return int(t) if float(t).is_integer() else t
