@@ -36,7 +36,15 @@ STEPS, EVERY = 40, 5
 KILLS = 32
 #: (mode, environment of the runner, needs an earlier checkpoint). ``checkpoint:file`` is reached
 #: once per file of a checkpoint (4 files), so an n up to 12 lands in the first three checkpoints.
-MODES = ("random", "write-file", "write-manifest", "rewrite-aside", "rewrite-swapped", "prune")
+MODES = (
+    "random",
+    "write-file",
+    "write-manifest",
+    "rewrite-aside",
+    "rewrite-swapped",
+    "prune",
+    "pipeline-save",
+)
 
 
 def plan(rng: random.Random, mode: str, marker: Path) -> dict[str, str]:
@@ -48,6 +56,7 @@ def plan(rng: random.Random, mode: str, marker: Path) -> dict[str, str]:
         "rewrite-aside": "replace:aside:1",
         "rewrite-swapped": "replace:swapped:1",
         "prune": f"prune:renamed:{rng.randint(1, 2)}",
+        "pipeline-save": rng.choice(["save:file:1", "save:manifest:1"]),  # ddkit train's final save
     }[mode]
     env = {"STOP_AT": label, "MARKER": str(marker)}
     if mode.startswith("rewrite"):
@@ -90,11 +99,12 @@ def reference(config: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_randomized_sigkills_lose_nothing(
     config: Path, reference: Path, spawn_dir: Path, tmp_path: Path
 ) -> None:
-    seed = int(os.environ.get("DDKIT_RELIABILITY_SEED", random.randrange(1 << 30)))
+    seed = int(os.environ.get("DDKIT_RELIABILITY_SEED", random.SystemRandom().randrange(1 << 30)))
     print(f"DDKIT_RELIABILITY_SEED={seed}")
     rng = random.Random(seed)
     kills: collections.Counter[str] = collections.Counter()
     finished_runs = 0
+    pending: list[str] = []
     run = 0
     started = time.monotonic()
     while sum(kills.values()) < KILLS:
@@ -103,7 +113,9 @@ def test_randomized_sigkills_lose_nothing(
         budget = rng.randint(7, 11)
         on_disk = 0
         for trial in range(budget):
-            mode = rng.choice(MODES)
+            if not pending:  # every mode in turn, in a random order: each is tried several times
+                pending = rng.sample(MODES, len(MODES))
+            mode = pending.pop()
             if mode.startswith("rewrite") and on_disk == 0:
                 mode = "write-file"  # a rewrite needs a checkpoint to rewrite
             marker = tmp_path / f"marker-{run}-{trial}"
@@ -135,9 +147,17 @@ def test_randomized_sigkills_lose_nothing(
             on_disk = now
             if out.exists():
                 assert resumed_step(config, out) == on_disk, f"{mode}: the resume did not start at {on_disk}"
+            if (out / "pipeline").exists():  # a save is whole or absent, never half
+                ddkit.Pipeline.load(out / "pipeline")
         # Finish the run and compare with the one that was never killed: 0 non-identical resumes.
         assert main(cli_args(config, out, "--resume") if out.exists() else cli_args(config, out)) == 0
         assert_same_weights(reference, out / ckpt.checkpoint_name(STEPS))
+        saved, straight = (
+            ddkit.Pipeline.load(out / "pipeline"),
+            ddkit.Pipeline.load(reference.parent / "pipeline"),
+        )
+        for key, value in straight.ema["0.9999"].state_dict().items():
+            assert torch.equal(saved.ema["0.9999"].state_dict()[key], value), f"saved pipeline: {key} differs"
         assert [p.name for p in out.iterdir() if ".tmp-" in p.name or ".old-" in p.name] == []
         finished_runs += 1
     total = sum(kills.values())
@@ -146,3 +166,4 @@ def test_randomized_sigkills_lose_nothing(
     assert kills["write-file"] + kills["write-manifest"] > 0
     assert kills["rewrite-aside"] + kills["rewrite-swapped"] > 0
     assert kills["prune"] > 0
+    assert kills["pipeline-save"] > 0

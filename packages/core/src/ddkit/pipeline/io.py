@@ -211,7 +211,9 @@ def save(pipe: Pipeline, directory: str | Path) -> Path:
     from ddkit.pipeline.pipeline import _plain_config
 
     out = Path(directory)
-    _atomic.recover_dir(out, _is_complete_save, tidy=("old", "trash"))
+    # Leftovers of a killed save are tidied (a save running at the same moment in another
+    # process would lose its temporary folder and fail with an OSError; it never corrupts one).
+    _atomic.recover_dir(out, _is_complete_save)
     _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _atomic.sibling(out, "tmp")
