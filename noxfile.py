@@ -120,7 +120,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def reliability(session: nox.Session) -> None:
-    """tests/reliability: SIGKILLs, a locked run directory, full disks and I/O errors, NaN batches (~3 min)."""
+    """tests/reliability: SIGKILLs, a locked run directory, full disks and I/O errors, NaN (~4 min)."""
     install(session, *PACKAGES, extra=DEV)
     pytest(session, "tests/reliability")
 

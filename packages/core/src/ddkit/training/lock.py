@@ -9,6 +9,7 @@ directory (it holds another run's checkpoints) writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gc
 import os
@@ -100,7 +101,8 @@ class RunDirectoryLock:
         self.release()
 
     def __del__(self) -> None:
-        self.release()
+        with contextlib.suppress(Exception):  # at interpreter exit the kernel drops the lock anyway
+            self.release()
 
 
 #: The locks this process holds, by lock-file path.
