@@ -16,13 +16,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import os
 import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ __all__ = [
     "remove_dir",
     "replace_dir",
     "sibling",
+    "siblings_of",
     "write_file",
 ]
 
@@ -103,11 +103,6 @@ def hash_files(directory: Path, names: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def write_manifest(path: Path, manifest: Mapping[str, Any]) -> None:
-    """Write a JSON manifest (written last: its presence says every other file is complete)."""
-    write_file(path, json.dumps(dict(manifest), indent=1, sort_keys=True).encode())
-
-
 def replace_dir(tmp: Path, final: Path) -> None:
     """Move the complete directory ``tmp`` to ``final``, replacing any directory already there.
 
@@ -152,8 +147,8 @@ def recover_dir(
 ) -> list[Path]:
     """Put back a complete copy of ``final`` left by an interrupted :func:`replace_dir`; tidy the rest.
 
-    When ``final`` is missing or incomplete, the newest complete candidate among its temporary
-    siblings (a finished write first, then the old copy set aside) takes its place. The remaining
+    When ``final`` is missing or incomplete, a complete candidate among its temporary siblings
+    takes its place: a finished write first (the newest), then an old copy set aside. The remaining
     siblings of the kinds in ``tidy`` are deleted (leave ``"tmp"`` out where another process may
     be writing one). Returns the siblings removed.
     """
@@ -162,7 +157,11 @@ def recover_dir(
         return []
     if not (final.is_dir() and is_complete(final)):
         order = {"tmp": 0, "old": 1}
-        for _, candidate in sorted(((k, p) for k, p in found if k in order), key=lambda item: order[item[0]]):
+        candidates = sorted(
+            ((k, p) for k, p in found if k in order),
+            key=lambda item: (order[item[0]], -item[1].stat().st_mtime_ns),
+        )
+        for _, candidate in candidates:
             if is_complete(candidate):
                 if final.exists():
                     remove_dir(final)
