@@ -99,3 +99,12 @@ def test_a_trainer_whose_setup_failed_does_not_keep_the_directory(tmp_path: Path
     trainer.train(1)
     assert ckpt.list_checkpoints(tmp_path)[0][0] == 1
     trainer.close()
+
+
+def test_a_with_block_releases_the_directory(tmp_path: Path) -> None:
+    with ddkit.Trainer(tiny_pipeline(), points(), batch_size=16, out_dir=tmp_path, seed=1) as trainer:
+        trainer.train(2)
+        with pytest.raises(RunLockedError):
+            ddkit.Trainer(tiny_pipeline(), points(), batch_size=16, out_dir=tmp_path, resume=True)
+    with ddkit.Trainer(tiny_pipeline(), points(), batch_size=16, out_dir=tmp_path, resume=True) as again:
+        assert again.step == 2

@@ -302,6 +302,13 @@ class Trainer:
         if self._lock is not None:
             self._lock.release()
 
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """``with Trainer(...) as trainer:`` releases ``out_dir`` at the end of the block."""
+        self.close()
+
     def _hold_out_dir(self) -> None:
         """Take ``out_dir`` again after :meth:`close`, unless another run has written to it since."""
         if self._lock is None or self._lock.held:
