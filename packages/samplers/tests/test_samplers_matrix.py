@@ -342,3 +342,24 @@ def test_lambda_min_starts_below_the_pure_noise_tail(name: str) -> None:
     assert plan.timesteps[0] < 992
     full = ddkit.create("sampler", name, steps=6, spacing="karras", lambda_min=None)._plan(big)
     assert full.extra[0] > 1e4  # cosine's σ_max
+
+
+@pytest.mark.parametrize("name", [*NAMES, "ipndm", "deis"])
+def test_every_sampler_starts_at_lambda_min_and_warns_only_from_the_noisy_tail(name: str) -> None:
+    import warnings
+
+    from ddkit.sampling import SamplingWarning
+
+    big = make_denoiser(betas=cosine_betas(1000))
+    for lam in (-5.1, -3.0):
+        plan = ddkit.create("sampler", name, steps=10, lambda_min=lam)._plan(big)
+        ab = plan.alpha_bars[0]
+        assert 0.5 * math.log(ab / (1 - ab)) >= lam - 1e-9, (name, lam)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SamplingWarning)
+        ddkit.create("sampler", name, steps=10).check(big)  # the default start, λ ≥ −5.1: silent
+    whole = ddkit.create("sampler", name, steps=10, spacing=[999, 700, 400, 200, 100, 50, 20, 10, 5, 0])
+    with pytest.warns(SamplingWarning, match=r"lambda_min=-5\.1"):
+        whole.check(big)  # cosine's last step, λ = −9.9, with an ε-model
+    with pytest.raises(ValueError, match=r"lambda_min.*finite"):
+        ddkit.create("sampler", name, lambda_min=float("nan"))

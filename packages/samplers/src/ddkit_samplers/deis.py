@@ -40,7 +40,7 @@ def _exp_moment(m: int, u: float) -> float:
 
     # Antiderivative e^v·Q_m(v) with Q_m = Σ_i (−1)^i m!/(m−i)!·v^(m−i).
     def q(v: float) -> float:
-        return sum((-1) ** i * math.factorial(m) / math.factorial(m - i) * v ** (m - i) for i in range(m + 1))
+        return float(sum((-1) ** i * math.perm(m, i) * v ** (m - i) for i in range(m + 1)))
 
     tail = 0.0 if u == -math.inf else math.exp(u) * q(u)
     return tail - q(0.0)

@@ -187,7 +187,9 @@ class Heun(_ChurnSolver):
     """Heun's 2nd-order method (Karras et al. 2022, Alg. 2): an Euler step corrected by the slope at its end.
 
     The step into σ = 0 stays an Euler step, so NFE = 2·steps − 1. Churn parameters as
-    :class:`Euler`. ``form="sigma"`` is Alg. 2's trapezoid in σ, as diffusers' and k-diffusion's
+    :class:`Euler`; default: 25 steps on the ``"leading"`` grid from λ = −5.1 (cosine, NFE 5 / 9:
+    sliced Wasserstein 0.12 / 0.05 to the exact solution of the 2-D toy, against 1.06 / 0.08 on
+    Karras σ's). ``form="sigma"`` is Alg. 2's trapezoid in σ, as diffusers' and k-diffusion's
     Heun; it diverges when a step shrinks σ many-fold (its correction weighs (σ − σ')/2σ' times
     the slope at σ'; few-step runs on any schedule: sliced Wasserstein 4.5 at NFE 5 on a 2-D
     toy). The default ``"exponential"`` takes the same two slopes as x̂_0's linear in
@@ -199,6 +201,7 @@ class Heun(_ChurnSolver):
 
     name = "heun"
     default_steps = 25
+    default_spacing = "leading"
     second_order = True
 
     def __init__(

@@ -594,19 +594,20 @@ class SamplerBase:
         return plan
 
     def _warn_noisy_start(self, plan: Plan) -> None:
-        """Warn when an ε-model starts where x̂_0 is mostly its error and the first step keeps it."""
+        """Warn when an ε-model starts where x̂_0 is mostly the network's error (λ < −6).
+
+        Measured on the README's cosine example (start λ = −9.9): DDIM-200 4.6, Euler-50 on
+        Karras σ's 540 and DDPM over all 1000 steps hundreds, against 0.05 from λ = −5.1.
+        """
         lam0 = _lambda_of(plan.alpha_bars[0])
-        if lam0 >= _WARN_LAMBDA or len(plan.alpha_bars) < 2 or plan.alpha_bars[0] <= 0.0:
-            return
-        gain = math.sqrt(plan.alpha_bars[1] / plan.alpha_bars[0])
-        if gain < 3.0:
+        if lam0 >= _WARN_LAMBDA or plan.alpha_bars[0] <= 0.0:
             return
         warnings.warn(
             f"sampler {self.name!r} starts an epsilon model at ᾱ = {plan.alpha_bars[0]:.3g} (half log-SNR "
             f"λ = {lam0:.3g}), where x̂_0 = (x − sqrt(1 − ᾱ)·ε̂)/sqrt(ᾱ) is about {math.exp(-lam0):.3g} times "
-            f"the network's ε error and its first step carries {gain:.3g} times that into x, which "
-            f"often ruins the samples; start lower: set lambda_min={DEFAULT_LAMBDA_MIN} (the default) "
-            "or use a named spacing instead of a respacing string or list that includes the last step",
+            "the network's ε error, which a trained model's samples seldom survive; start lower: set "
+            f"lambda_min={DEFAULT_LAMBDA_MIN} (the default) or use a named spacing instead of a respacing "
+            "string or list that includes the last step",
             SamplingWarning,
             stacklevel=4,
         )
