@@ -72,7 +72,16 @@ def steps_for(name: str, nfe: int) -> int:
 
 def ddkit_run(name: str, nfe: int, model: nn.Module, schedule: str, x_T: Tensor) -> tuple[Tensor, int]:
     name, params = VARIANTS.get(name, (name, {}))
-    sampler = ddkit.create("sampler", name, steps=steps_for(name, nfe), **params)
+    steps = steps_for(name, nfe)
+    if nfe >= T:
+        # "NFE 1000": every training step the sampler's start (lambda_min) leaves.
+        from ddkit.sampling import last_timestep_above
+
+        lam = params.get("lambda_min", -5.1)
+        usable = T if lam is None else last_timestep_above(GaussianProcessFor(schedule).alphas_cumprod, lam)
+        grid = name in ("dpm-solver++", "ipndm", "deis")  # steps + 1 grid points
+        steps = min(steps, usable - 1 if grid else usable)
+    sampler = ddkit.create("sampler", name, steps=steps, **params)
     out = sampler.sample(make_denoiser(model, schedule), x_T, generator=torch.Generator().manual_seed(2))
     return out, sampler.last_nfe
 
