@@ -8,11 +8,14 @@ import math
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from _faults import cli_args, tiny_pipeline, write_config
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import ddkit
 from ddkit.cli import main
@@ -163,3 +166,36 @@ def test_every_rank_takes_the_same_decision(tmp_path: Path, mode: str) -> None:
         assert ranks[0] == {"skips": 2, "step": 8}
     else:
         assert 1 <= ranks[0]["stopped_at"] <= 4
+
+
+class _BlockingOps(TorchDispatchMode):  # type: ignore[no-untyped-call]
+    """Records the ops that would make the host wait for a GPU, with the ddkit functions issuing them."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.calls: list[list[str]] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func._overloadpacket.__name__ in ("_local_scalar_dense", "nonzero", "masked_select", "is_nonzero"):
+            self.calls.append([f.name for f in traceback.extract_stack()[:-1] if "ddkit" in f.filename])
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("resampler", ["uniform", "loss-second-moment"])
+def test_the_check_is_the_steps_only_host_read(resampler: str) -> None:
+    torch.manual_seed(0)
+    pipe = ddkit.Pipeline.from_config(
+        {
+            "model": {"name": "mlp", "dim": 2, "hidden": 8, "depth": 1},
+            "schedule": {"name": "linear", "timesteps": 50},
+            "resampler": {"name": resampler},
+        }
+    )
+    trainer = ddkit.Trainer(pipe, data(poison=False), batch_size=16, seed=0, grad_clip=1.0, log_every=1000)
+    trainer.train(2)
+    with _BlockingOps() as ops:
+        trainer.train(5)  # three steps and the log line at the end
+    # Pipeline.loss range-checks a CPU ``t`` (never one on an accelerator); the log line reads its
+    # sums once per line. What is left is the trainer's per step: the one non-finite check.
+    per_step = [f for f in ops.calls if "check_loss_inputs" not in f and "_flush_log" not in f]
+    assert [f[-1] for f in per_step] == ["_step_is_finite"] * 3, per_step
