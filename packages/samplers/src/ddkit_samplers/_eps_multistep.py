@@ -29,7 +29,7 @@ class EpsMultistep(SamplerBase):
 
     guidance_forms = ("model", "score")
     default_steps = 20
-    default_spacing = "logsnr"
+    default_spacing = "leading"
     continuous = True
     max_order = 3
 
@@ -71,14 +71,21 @@ class EpsMultistep(SamplerBase):
         """c_j (newest first, ``order`` of them) of the step from ρ_k to ρ_{k+1}."""
         raise NotImplementedError
 
-    def _orders(self, n: int, start: int) -> list[int]:
+    def _landing_order(self) -> int:
+        """The highest order of a step that lands on σ = 0 (ρ = 0)."""
+        return self.order
+
+    def _orders(self, sig: list[float], start: int) -> list[int]:
         """Each step's order: warm up from 1, then ``order``; lower at the end of short runs."""
+        n = len(sig) - 1
         few = self.lower_order_final and n < 15
         out = []
         for k in range(start, n):
             order = min(self.order, k - start + 1)
             if few:
                 order = min(order, n - k)
+            if sig[k + 1] == 0.0:
+                order = min(order, self._landing_order())
             out.append(order)
         return out
 
@@ -88,7 +95,7 @@ class EpsMultistep(SamplerBase):
         n = len(sig) - 1
         alpha = [1.0 / math.sqrt(1.0 + s * s) for s in sig]
         out: list[tuple[float, tuple[float, ...]]] = []
-        for k, order in zip(range(start, n), self._orders(n, start)):
+        for k, order in zip(range(start, n), self._orders(sig, start)):
             if order == 1:
                 # DDIM: x' = α'·x̂_0 + s'·(x − α·x̂_0)/s with s = σ·α; as weights of x and x̂_0.
                 c_x = (sig[k + 1] * alpha[k + 1]) / (sig[k] * alpha[k])

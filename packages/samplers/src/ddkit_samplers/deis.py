@@ -51,8 +51,9 @@ class DEIS(EpsMultistep):
 
     ``order`` 1–3 (1 is DDIM); ``basis`` "logrho" (diffusers) or "t"; ``lower_order_final``
     lowers the last steps' order in runs of fewer than 15 steps. Spacings, ``lambda_min`` and
-    ``final_sigma`` as :class:`DPMSolverPP`. Default: 20 steps uniform in log-SNR from λ = −5.1,
-    the last landing on σ = 0. ``spacing="linspace", final_sigma="min", lambda_min=None`` is
+    ``final_sigma`` as :class:`DPMSolverPP`. Default: 20 steps on the time-uniform ``"leading"`` grid
+    from λ = −5.1, the last landing on σ = 0 (the robust choice for trained models, as for
+    :class:`~ddkit_samplers.ipndm.IPNDM`). ``spacing="linspace", final_sigma="min", lambda_min=None`` is
     diffusers' default grid. NFE = steps.
 
     .. versionadded:: 0.2.0
@@ -89,6 +90,10 @@ class DEIS(EpsMultistep):
         if basis not in ("logrho", "t"):
             raise ValueError(f"'basis' must be 'logrho' or 't' (got {basis!r})")
         self.basis = basis
+
+    def _landing_order(self) -> int:
+        # A polynomial in log ρ extrapolated down to ρ = 0 (log ρ = −∞) is wild: land by DDIM.
+        return 1 if self.basis == "logrho" else self.order
 
     def _weights(self, rho: list[float], k: int, order: int, plan: Plan) -> list[float]:
         if self.basis == "logrho":
