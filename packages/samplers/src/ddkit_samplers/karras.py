@@ -32,7 +32,7 @@ __all__ = ["Euler", "EulerAncestral", "Heun"]
 
 
 def _vp(sigma: float) -> tuple[float, float]:
-    """(sqrt(ᾱ), sqrt(1 − ᾱ)) of the noise level σ = sqrt((1 − ᾱ)/ᾱ); (0, 1) at σ = ∞ (a path's pure noise)."""
+    """(sqrt(ᾱ), sqrt(1 − ᾱ)) of the noise level σ = sqrt((1 − ᾱ)/ᾱ); (0, 1) at σ = ∞ (pure noise)."""
     if math.isinf(sigma):
         return 0.0, 1.0
     a = 1.0 / math.sqrt(1.0 + sigma * sigma)
