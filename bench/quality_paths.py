@@ -7,6 +7,7 @@ installed sampler at its defaults samples each at NFE 5, 10 and 20 from the same
 Quality is the sliced Wasserstein distance to fresh data (``floor``: two data samples).
 
     python bench/quality_paths.py [--steps 3000] [--samples 20000] [--json out.json]
+    python bench/quality_vs_nfe.py --paths --iters 3000 --samples 20000      (the same section)
 """
 
 from __future__ import annotations
@@ -61,13 +62,13 @@ def train(name: str, steps: int, seed: int) -> ddkit.Pipeline:
     return pipe
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000, help="training steps per path")
     parser.add_argument("--samples", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=str, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data, _ = sample_toy("gaussians", args.samples, seed=123)
     other, _ = sample_toy("gaussians", args.samples, seed=456)
@@ -87,10 +88,11 @@ def main() -> None:
                     )
                     sw = sliced_wasserstein(out, data) if torch.isfinite(out).all() else math.inf
                     error = None
-                except Exception as exc:  # noqa: BLE001 (a failing sampler is a row, not a crash)
+                except Exception as exc:  # a failing sampler is a row of the table, not a crash
                     sw, error = math.inf, f"{type(exc).__name__}: {exc}"
                 rows.append({"path": name, "sampler": sampler, "nfe": nfe, "sw": sw, "error": error})
-                print(f"  {name:24s} {sampler:16s} NFE {nfe:3d}  SW {sw:.4f}" + (f"  {error}" if error else ""))
+                note = f"  {error}" if error else ""
+                print(f"  {name:24s} {sampler:16s} NFE {nfe:3d}  SW {sw:.4f}{note}", flush=True)
     best = {
         (name, nfe): min(r["sw"] for r in rows if r["path"] == name and r["nfe"] == nfe)
         for name in PATHS

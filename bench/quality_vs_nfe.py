@@ -447,8 +447,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None, help="PNG path (needs matplotlib)")
+    parser.add_argument(
+        "--paths",
+        action="store_true",
+        help="the Gaussian-paths section only: cosine ε, rectified-flow velocity and edm models trained by "
+        "ddkit.Trainer, every sampler (bench/quality_paths.py; --iters, --samples and --json apply)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.paths:
+        import quality_paths
+
+        extra = ["--json", str(args.json)] if args.json else []
+        quality_paths.main(["--steps", str(args.iters), "--samples", str(args.samples), *extra])
+        return
     if args.exact:
         start = time.perf_counter()
         payload = exact_section(("linear", "cosine"), args.exact_samples, args.sweep_samples)

@@ -6,6 +6,10 @@ it implements and the parameters of its factory (``ddkit.describe``). The pages 
 exactly what is installed where the docs are built. ``tests/test_docs.py`` calls
 :func:`catalogue_markdown` directly and checks that no registered name is missing.
 
+The pages are also committed under ``docs/catalogue/`` (``python docs/hooks.py`` rewrites
+them from the installed registry), so that links to them resolve when reading a checkout; the
+site build regenerates them.
+
 Links from a page to files outside ``docs/`` (``../examples/...``, ``../packages/...``) are
 not pages of the site: :func:`on_page_markdown` turns them into code spans naming the
 repository path, so a strict build does not fail on them.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from pathlib import Path
 from typing import Any
 
 import ddkit
@@ -133,12 +138,27 @@ def _anchor(name: str) -> str:
 
 
 def on_files(files: Any, config: Any) -> Any:
-    """Add the generated catalogue pages to the site."""
+    """Add the catalogue pages to the site, generated afresh (replacing the committed copies)."""
     from mkdocs.structure.files import File
 
     for kind, path in CATALOGUE_PAGES.items():
+        committed = files.get_file_from_path(path)
+        if committed is not None:
+            files.remove(committed)
         files.append(File.generated(config, path, content=catalogue_markdown(kind)))
     return files
+
+
+def write_catalogue(folder: Path | None = None) -> list[Path]:
+    """Write every catalogue page under ``folder`` (``docs/``), so links resolve in a checkout too."""
+    folder = Path(__file__).resolve().parent if folder is None else folder
+    written = []
+    for kind, page in CATALOGUE_PAGES.items():
+        path = folder / page
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(catalogue_markdown(kind) + "\n", encoding="utf-8")
+        written.append(path)
+    return written
 
 
 _LINK = re.compile(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)")
@@ -158,3 +178,8 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
         return f"{text} (`{path}` in the repository)"
 
     return _LINK.sub(replace, markdown)
+
+
+if __name__ == "__main__":
+    for written in write_catalogue():
+        print(f"wrote {written}")

@@ -101,3 +101,14 @@ def test_every_hookspec_is_documented_in_plugins_page() -> None:
 
 def test_hookspec_signature_text() -> None:
     assert _signature("ddkit_samplers") == "ddkit_samplers() -> list[Record]"
+
+
+@pytest.mark.parametrize("kind", ddkit.KINDS)
+def test_committed_catalogue_pages_list_every_installed_name(kind: str) -> None:
+    """Links to catalogue/*.md resolve in a checkout: the committed pages exist and are current."""
+    hooks = _hooks_module()
+    page = DOCS / hooks.CATALOGUE_PAGES[kind]
+    assert page.is_file(), f"{page} is missing: run `python docs/hooks.py` to write the catalogue pages"
+    text = page.read_text(encoding="utf-8")
+    missing = [name for name in ddkit.names(kind) if f"`{name}`" not in text]
+    assert not missing, f"{page} lacks {missing}: run `python docs/hooks.py` to rewrite it"

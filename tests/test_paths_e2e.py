@@ -20,7 +20,11 @@ from ddkit.testing import fake_plugin, fresh_registry
 
 #: path -> (schedule, parameterization, resampler)
 CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
-    "rectified-flow": ({"name": "rectified-flow", "shift": 2.0}, {"name": "velocity"}, {"name": "logit-normal"}),
+    "rectified-flow": (
+        {"name": "rectified-flow", "shift": 2.0},
+        {"name": "velocity"},
+        {"name": "logit-normal"},
+    ),
     "edm": ({"name": "edm"}, {"name": "edm"}, {"name": "log-normal"}),
     "vp-continuous": ({"name": "vp-continuous"}, {"name": "v", "clip_denoised": False}, {"name": "uniform"}),
 }
@@ -47,7 +51,9 @@ def trained() -> dict[str, ddkit.Pipeline]:
 
 
 @pytest.mark.parametrize("path", list(CASES))
-def test_each_path_trains_and_every_sampler_lands_near_the_data(trained: dict[str, ddkit.Pipeline], path: str) -> None:
+def test_each_path_trains_and_every_sampler_lands_near_the_data(
+    trained: dict[str, ddkit.Pipeline], path: str
+) -> None:
     pipe = trained[path]
     data, _ = sample_toy("gaussians", 2000, seed=1)
     noise_floor = sliced_wasserstein(data, torch.randn(2000, 2) * float(data.std()))
@@ -71,7 +77,8 @@ def test_each_path_saves_and_loads(trained: dict[str, ddkit.Pipeline], path: str
     pipe = trained[path]
     pipe.save(tmp_path / "p")
     again = ddkit.Pipeline.load(tmp_path / "p")
-    assert type(again.schedule) is type(pipe.schedule) and again.schedule.params == pipe.schedule.params
+    assert type(again.schedule) is type(pipe.schedule)
+    assert again.schedule.params == pipe.schedule.params
     x_T = pipe.noise(16, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(again.sample(x_T=x_T), pipe.sample(x_T=x_T))
 
@@ -101,13 +108,16 @@ def test_third_party_path_runs_every_sampler_and_guidance() -> None:
                 "guidance": [{"name": "classifier-free", "scale": 2.0}],
             }
         )
-        ddkit.Trainer(pipe, "gaussians", batch_size=128, lr=2e-3, seed=0, ema_rates=(), cond_dropout=0.1).train(100)
+        ddkit.Trainer(
+            pipe, "gaussians", batch_size=128, lr=2e-3, seed=0, ema_rates=(), cond_dropout=0.1
+        ).train(100)
         y = torch.arange(8).repeat(4)
         for sampler in ddkit.names("sampler"):
             out = pipe.with_sampler(sampler, steps=STEPS.get(sampler, 6)).sample(
                 32, y=y, generator=torch.Generator().manual_seed(0)
             )
-            assert out.shape == (32, 2) and torch.isfinite(out).all(), sampler
+            assert out.shape == (32, 2), sampler
+            assert torch.isfinite(out).all(), sampler
 
 
 @pytest.mark.parametrize("config", ["flow-2d.toml", "edm-2d.toml"])
@@ -116,7 +126,10 @@ def test_cli_trains_and_samples_a_path_config(config: str, tmp_path: Path) -> No
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "run"
-    assert main(["train", str(root / "examples" / "configs" / config), "--out", str(out), "--steps", "30"]) == 0
+    assert (
+        main(["train", str(root / "examples" / "configs" / config), "--out", str(out), "--steps", "30"]) == 0
+    )
     assert main(["sample", str(out / "pipeline"), "--n", "64", "--npz", str(tmp_path / "s.npz")]) == 0
     samples = np.load(tmp_path / "s.npz")["arr_0"]
-    assert samples.shape == (64, 2) and np.isfinite(samples).all()
+    assert samples.shape == (64, 2)
+    assert np.isfinite(samples).all()

@@ -30,6 +30,8 @@ STOCHASTIC: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("ddim", {"steps": 8, "eta": 0.5}, {"name": "v"}),
     ("euler-ancestral", {"steps": 8}, {}),
     ("flow-sde", {"steps": 8}, {"name": "velocity"}),
+    ("dpm-solver++", {"steps": 8, "sde": True}, {}),
+    ("dpm-solver++", {"steps": 8, "sde": True, "order": 3}, {}),
 ]
 
 
@@ -147,7 +149,9 @@ def test_per_sample_generators_make_rollouts_batch_invariant(
 
 def test_deterministic_samplers_are_refused_with_the_stochastic_ones_named() -> None:
     pipe = pipeline("ddim", {"steps": 8, "eta": 0.0}, {}, torch.float32)
-    with pytest.raises(ddkit.CompositionError, match=r"draws no noise.*euler-ancestral or flow-sde"):
+    with pytest.raises(
+        ddkit.CompositionError, match=r"draws no noise.*dpm-solver\+\+ with sde=True or flow-sde"
+    ):
         pipe.rollout(2, y=0)
     with pytest.raises(ddkit.CompositionError, match=r"'heun' does not describe its steps"):
         pipe.with_sampler("heun").rollout(2, y=0)

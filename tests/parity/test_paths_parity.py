@@ -36,7 +36,9 @@ class ToyNet(nn.Module):
         return h @ self.w2
 
 
-def _pipeline(schedule: dict[str, object], parameterization: str, model: nn.Module, sampler: dict[str, object]) -> ddkit.Pipeline:
+def _pipeline(
+    schedule: dict[str, object], parameterization: str, model: nn.Module, sampler: dict[str, object]
+) -> ddkit.Pipeline:
     return ddkit.Pipeline.from_config(
         {
             "schedule": schedule,
@@ -73,7 +75,9 @@ def test_rectified_flow_euler_matches_flow_match_euler(shift: float, steps: int)
     assert (got - expected).abs().max().item() < 1e-5
 
 
-def _karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> list[float]:
+def _karras_sigmas(
+    n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
+) -> list[float]:
     ramp = np.linspace(0.0, 1.0, n)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return [float(s) for s in (hi + ramp * (lo - hi)) ** rho]
@@ -92,7 +96,7 @@ def test_edm_heun_matches_edm_algorithm_1(steps: int) -> None:
         c_noise = torch.full((x.shape[0],), math.log(sigma) / 4, dtype=torch.float64)
         return c_skip * x + c_out * model(c_in * x, c_noise)
 
-    sigmas = _karras_sigmas(steps) + [0.0]
+    sigmas = [*_karras_sigmas(steps), 0.0]
     eps = torch.randn(16, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     x = sigmas[0] * eps
     for i in range(steps):  # Algorithm 1, deterministic (Heun, last step Euler)

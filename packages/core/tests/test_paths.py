@@ -1,4 +1,4 @@
-"""Gaussian paths: closed forms, their chain, the velocity and edm parameterizations, continuous resamplers."""
+"""Gaussian paths: closed forms, their chain, velocity and edm parameterizations, continuous resamplers."""
 
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def test_lambda_inverse_and_derivatives(path: PathSchedule) -> None:
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.name)
 def test_chain_interpolates_the_closed_form_exactly(path: PathSchedule) -> None:
     process = process_of(path)
-    assert process.path is path and process.num_timesteps == path.timesteps
+    assert process.path is path
+    assert process.num_timesteps == path.timesteps
     np.testing.assert_allclose(process.alphas_cumprod, path.alphas_cumprod, rtol=1e-12, atol=1e-15)
     u = np.array([0.25, 10.5, 499.3, 998.9])
     times = np.asarray(process.time_of_index(u))
@@ -63,14 +64,17 @@ def test_rectified_flow_grid_is_diffusers_shifted_sigmas() -> None:
     path = RectifiedFlow(1000, shift=3.0)
     s = np.arange(1, 1001) / 1000
     np.testing.assert_allclose(path.grid(), 3 * s / (1 + 2 * s), rtol=1e-14)
-    assert path.alphas_cumprod[-1] == 0.0 and path.betas[-1] == 1.0
+    assert path.alphas_cumprod[-1] == 0.0
+    assert path.betas[-1] == 1.0
     assert float(path.model_time(torch.tensor([0.5], dtype=torch.float64))) == 500.0
 
 
 def test_edm_model_time_is_sigma_and_grid_spans_range() -> None:
     path = EDM(sigma_min=0.002, sigma_max=80.0)
     g = path.grid()
-    assert g[0] == 0.002 and g[-1] == 80.0 and np.all(np.diff(g) > 0)
+    assert g[0] == 0.002
+    assert g[-1] == 80.0
+    assert np.all(np.diff(g) > 0)
     assert float(path.model_time(torch.tensor([3.0]))) == 3.0
 
 
@@ -89,8 +93,13 @@ def test_bad_path_parameters_are_refused(factory: type, kwargs: dict[str, object
         factory(**kwargs)
 
 
-def _x0_eps(param: GaussianParameterization, process: ddkit.GaussianProcess, step: float, x: torch.Tensor,
-            out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _x0_eps(
+    param: GaussianParameterization,
+    process: ddkit.GaussianProcess,
+    step: float,
+    x: torch.Tensor,
+    out: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     pred = param.predict(process, out, x, step, posterior=False)
     return pred.x0, pred.eps
 
@@ -146,7 +155,11 @@ def test_edm_preconditioning_matches_the_paper() -> None:
 def test_velocity_on_a_discrete_chain_is_refused_before_work() -> None:
     with pytest.raises(CompositionError, match="needs a continuous path"):
         ddkit.Pipeline.from_config(
-            {"schedule": {"name": "cosine"}, "parameterization": {"name": "velocity"}, "model": {"name": "mlp", "dim": 2}}
+            {
+                "schedule": {"name": "cosine"},
+                "parameterization": {"name": "velocity"},
+                "model": {"name": "mlp", "dim": 2},
+            }
         )
 
 
@@ -173,11 +186,15 @@ def test_noise_and_x_T_are_the_paths_start() -> None:
 def test_continuous_resamplers_draw_their_densities() -> None:
     g = torch.Generator().manual_seed(0)
     t, w = LogitNormalResampler().sample(20000, generator=g)
-    assert t.dtype == torch.float64 and bool(((t > 0) & (t < 1)).all()) and bool((w == 1).all())
+    assert t.dtype == torch.float64
+    assert bool(((t > 0) & (t < 1)).all())
+    assert bool((w == 1).all())
     logit = torch.log(t) - torch.log1p(-t)
-    assert abs(float(logit.mean())) < 0.03 and abs(float(logit.std()) - 1.0) < 0.03
+    assert abs(float(logit.mean())) < 0.03
+    assert abs(float(logit.std()) - 1.0) < 0.03
     sigma, _ = LogNormalResampler().sample(20000, generator=g)
-    assert abs(float(sigma.log().mean()) + 1.2) < 0.04 and abs(float(sigma.log().std()) - 1.2) < 0.04
+    assert abs(float(sigma.log().mean()) + 1.2) < 0.04
+    assert abs(float(sigma.log().std()) - 1.2) < 0.04
     with pytest.raises(ConfigError, match="'std' must be > 0"):
         LogNormalResampler(std=0.0)
 
@@ -200,7 +217,8 @@ def test_resampler_draws_become_chain_steps() -> None:
 def test_paths_are_registered_schedules(name: str) -> None:
     schedule = ddkit.create("schedule", name, timesteps=100)
     assert isinstance(schedule, ddkit.protocols.Schedule)
-    assert schedule.timesteps == 100 and schedule.betas.shape == (100,)
+    assert schedule.timesteps == 100
+    assert schedule.betas.shape == (100,)
 
 
 class _LinearClassifierGuidance:
@@ -242,7 +260,9 @@ def test_score_guidance_on_a_path_sees_the_paths_x_and_time() -> None:
     torch.testing.assert_close(shift, -math.sqrt(1 - ab) * k * w.expand_as(x))
     seen_x, seen_t = guide.seen[0]
     torch.testing.assert_close(seen_x, k * x)
-    torch.testing.assert_close(seen_t, torch.full((4,), 1000 * float(process.time_of_index(step)), dtype=torch.float64))
+    torch.testing.assert_close(
+        seen_t, torch.full((4,), 1000 * float(process.time_of_index(step)), dtype=torch.float64)
+    )
 
 
 def test_a_none_parameter_survives_save_and_load(tmp_path: object) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from ddkit.denoiser import Denoiser
 from ddkit.protocols import SamplerState
-from ddkit.sampling import Plan, Run, SamplerBase, Spacing, sigmas_of
+from ddkit.sampling import DEFAULT_LAMBDA_MIN, Plan, Run, SamplerBase, Spacing, sigmas_of
 from torch import Tensor
 
 __all__ = ["UniPC", "unipc_weights"]
@@ -124,6 +124,7 @@ class UniPC(SamplerBase):
         disable_corrector: Sequence[int] = (),
         lower_order_final: bool = True,
         final_sigma: Literal["zero", "min"] = "zero",
+        lambda_min: float | None = DEFAULT_LAMBDA_MIN,
         clip_denoised: bool | None = None,
         dynamic_threshold: float | None = None,
         denoised_fn: Callable[[Tensor], Tensor] | None = None,
@@ -131,6 +132,7 @@ class UniPC(SamplerBase):
         super().__init__(
             steps=steps,
             spacing=spacing,
+            lambda_min=lambda_min,
             clip_denoised=clip_denoised,
             dynamic_threshold=dynamic_threshold,
             denoised_fn=denoised_fn,

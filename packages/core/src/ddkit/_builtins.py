@@ -14,7 +14,9 @@ _SCHEDULES = "ddkit.diffusion.schedules"
 _PARAMS = "ddkit.diffusion.parameterization"
 _RESAMPLE = "ddkit.diffusion.resample"
 _PATHS = "ddkit.diffusion.paths"
-_EDM = "Karras et al. 2022, Elucidating the Design Space of Diffusion-Based Generative Models, arXiv:2206.00364"
+_EDM = (
+    "Karras et al. 2022, Elucidating the Design Space of Diffusion-Based Generative Models, arXiv:2206.00364"
+)
 _DDPM = "Ho et al. 2020, Denoising Diffusion Probabilistic Models, arXiv:2006.11239"
 _IDDPM = "Nichol & Dhariwal 2021, Improved Denoising Diffusion Probabilistic Models, arXiv:2102.09672"
 

@@ -60,9 +60,9 @@ class Denoiser:
 
     __slots__ = (
         "_guided_model",
-        "_model_input",
         "_mean_guidances",
         "_model_conditioning",
+        "_model_input",
         "_score_guidances",
         "clip_denoised",
         "conditioning",
@@ -134,7 +134,7 @@ class Denoiser:
         return self.with_process(self.process.respace(use_timesteps), **changes)
 
     def model_input(self, x: Tensor, t: Step, alpha_bar: Coef | None = None) -> tuple[Tensor, Tensor]:
-        """The network's input for the chain's x at step ``t``: the path's x_t (or a preconditioned x) and time."""
+        """The network's input for the chain's x at step ``t``: the path's x_t (or preconditioned x), time."""
         if self._model_input is not None:
             x_in, model_t = self._model_input(self.process, x, t, alpha_bar)
             return x_in, model_t
@@ -192,7 +192,7 @@ class Denoiser:
         return pred.replace(x0=x0, eps=eps, mean=mean)
 
     def _gradient(self, g: Guidance, x: Tensor, t: Step, model_t: Tensor) -> Tensor:
-        """A guidance's gradient with respect to the chain's x: it sees the path's x_t = k·x (∇ scales by k)."""
+        """A guidance's gradient in the chain's x: it sees the path's x_t = k·x (so ∇ scales by k)."""
         k = self.process.scale(t, x)
         if self.process.path is not None:  # the path's time, not a preconditioner's c_noise
             model_t = self.process.model_timesteps(t, x.shape[0], x.device)

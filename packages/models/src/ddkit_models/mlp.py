@@ -63,7 +63,9 @@ class MLPDenoiser(nn.Module):
             raise ValueError(f"'num_classes' must be a positive int or None (got {num_classes!r})")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"'dropout' must be in [0, 1) (got {dropout!r})")
-        if out_dim is not None and (isinstance(out_dim, bool) or not isinstance(out_dim, int) or out_dim <= 0):
+        if out_dim is not None and (
+            isinstance(out_dim, bool) or not isinstance(out_dim, int) or out_dim <= 0
+        ):
             raise ValueError(f"'out_dim' must be a positive int or None (got {out_dim!r})")
         default_out = dim * (2 if learn_sigma else 1)
         if out_dim is not None and learn_sigma and out_dim != default_out:

@@ -203,7 +203,8 @@ class ADMUNet(nn.Module):
             num_heads_upsample = num_heads
         elif num_heads_upsample <= 0:
             raise ValueError(
-                f"'num_heads_upsample' must be a positive int, or -1 to use num_heads (got {num_heads_upsample!r})"
+                "'num_heads_upsample' must be a positive int, or -1 to use num_heads "
+                f"(got {num_heads_upsample!r})"
             )
         attention_resolutions = tuple(attention_resolutions)
 

@@ -1,4 +1,4 @@
-"""ddkit-samplers: DDPM, DDIM (with inversion), PLMS, iPNDM, DEIS, DPM-Solver++, Euler, Heun, Euler-ancestral.
+"""ddkit-samplers: DDPM, DDIM, PLMS, iPNDM, DEIS, DPM-Solver++, Euler, Heun, Euler-ancestral, Flow-SDE.
 
 Each sampler is a :class:`ddkit.sampling.SamplerBase`: built by ``ddkit.create("sampler", name,
 **params)``, it walks a :class:`ddkit.denoiser.Denoiser` from noise to data and yields a
@@ -16,11 +16,23 @@ if TYPE_CHECKING:
     from ddkit_samplers.ddpm import DDPM
     from ddkit_samplers.deis import DEIS
     from ddkit_samplers.dpm_solver import DPMSolverPP
+    from ddkit_samplers.flow_sde import FlowSDE
     from ddkit_samplers.ipndm import IPNDM
     from ddkit_samplers.karras import Euler, EulerAncestral, Heun
     from ddkit_samplers.plms import PLMS
 
-__all__ = ["DDIM", "DDPM", "DEIS", "IPNDM", "PLMS", "DPMSolverPP", "Euler", "EulerAncestral", "Heun"]
+__all__ = [
+    "DDIM",
+    "DDPM",
+    "DEIS",
+    "IPNDM",
+    "PLMS",
+    "DPMSolverPP",
+    "Euler",
+    "EulerAncestral",
+    "FlowSDE",
+    "Heun",
+]
 __version__ = "0.1.0"
 
 _WHERE = {
@@ -30,6 +42,7 @@ _WHERE = {
     "IPNDM": "ipndm",
     "PLMS": "plms",
     "DPMSolverPP": "dpm_solver",
+    "FlowSDE": "flow_sde",
     "Euler": "karras",
     "EulerAncestral": "karras",
     "Heun": "karras",

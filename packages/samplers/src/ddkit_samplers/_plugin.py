@@ -67,7 +67,7 @@ def ddkit_samplers() -> list[Record]:
         Record(
             "flow-sde",
             "ddkit_samplers.flow_sde:FlowSDE",
-            "Flow-GRPO's SDE for flow models: the flow ODE's marginals, Gaussian steps with log-probabilities.",
+            "Flow-GRPO's SDE for flow models: the flow ODE's marginals, Gaussian steps with log-probs.",
             paper="Liu et al. 2025, Flow-GRPO, arXiv:2505.05470",
         ),
     ]

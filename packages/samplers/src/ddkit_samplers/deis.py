@@ -17,7 +17,7 @@ import numpy as np
 from numpy.polynomial.polynomial import polymul, polyval
 from torch import Tensor
 
-from ddkit.sampling import DEFAULT_LAMBDA_MIN, Plan, Spacing, sigma_to_t, sigmas_of
+from ddkit.sampling import DEFAULT_LAMBDA_MIN, Plan, Spacing, sigmas_of
 from ddkit_samplers._eps_multistep import EpsMultistep
 
 __all__ = ["DEIS"]
@@ -110,7 +110,8 @@ class DEIS(EpsMultistep):
     def _t_weights(self, rho: list[float], k: int, order: int, plan: Plan) -> list[float]:
         """∫ ℓ_j(t(ρ)) dρ with ℓ_j in training time, by quadrature in log ρ down to the chain's σ_min."""
         ac = plan.denoiser.process.alphas_cumprod
-        times = [float(v) for v in sigma_to_t(np.array([rho[k - i] for i in range(order)]), ac)]
+        index_of_sigma = plan.denoiser.process.index_of_sigma  # exact on a continuous path
+        times = [float(v) for v in index_of_sigma(np.array([rho[k - i] for i in range(order)]))]
         polys = [_lagrange(times, j) for j in range(order)]
         sigma_min = float(sigmas_of(ac)[0])
         lo = max(rho[k + 1], sigma_min)
@@ -119,7 +120,7 @@ class DEIS(EpsMultistep):
             a, b = math.log(lo), math.log(rho[k])
             logs = 0.5 * (b - a) * _GL_NODES + 0.5 * (b + a)
             r = np.exp(logs)
-            t = sigma_to_t(r, ac)
+            t = index_of_sigma(r)
             for j, poly in enumerate(polys):
                 # dρ = ρ·d(log ρ); the step runs from ρ_k down, so the integral is negative.
                 out[j] -= float(0.5 * (b - a) * np.sum(_GL_WEIGHTS * r * polyval(t, poly)))

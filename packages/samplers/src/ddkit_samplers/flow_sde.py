@@ -72,7 +72,8 @@ class FlowSDE(SamplerBase):
             )
         plan = self._chain_plan(denoiser)
         chain = plan.denoiser.process
-        assert chain.times is not None and chain.path is not None
+        assert chain.times is not None
+        assert chain.path is not None
         times = [float(t) for t in chain.times[::-1]] + [0.0]
         a, s = chain.path.alpha_sigma(np.asarray(times))
         da, ds = chain.path.derivatives(np.asarray(times))

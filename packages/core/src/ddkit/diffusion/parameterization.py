@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
-
-import math
 
 import attrs
 import torch
@@ -163,12 +162,15 @@ class GaussianParameterization:
             a, s, da, ds = process.path_coefs(t, x_t)
             k = process.scale(t, x_t) if isinstance(t, Tensor) else (a * a + s * s) ** 0.5
             det = a * ds - s * da
-            return Linear(ds * k / det, x_t, -s / det, mean_part), Linear(-da * k / det, x_t, a / det, mean_part)
+            return Linear(ds * k / det, x_t, -s / det, mean_part), Linear(
+                -da * k / det, x_t, a / det, mean_part
+            )
         if self.prediction == "x0":
             return mean_part, process.linear_eps_from_x0(x_t, t, mean_part, alpha_bar)
         if self.prediction == "edm":
             raise ValueError(
-                "prediction 'edm' needs its preconditioning: build it with ddkit.create('parameterization', 'edm')"
+                "prediction 'edm' needs its preconditioning: build it with "
+                "ddkit.create('parameterization', 'edm')"
             )
         raise ValueError(
             "a 'previous-x' model predicts a discrete step; it cannot be read at a continuous noise level"
@@ -252,10 +254,16 @@ class EDMParameterization(GaussianParameterization):
 
     @sigma_data.validator
     def _check_sigma_data(self, attribute: attrs.Attribute[float], value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value > 0):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not (math.isfinite(value) and value > 0)
+        ):
             raise ValueError(f"'sigma_data' must be a positive finite number, the data's std (got {value!r})")
 
-    def _d(self, process: GaussianProcess, t: Step, like: Tensor, alpha_bar: Coef | None) -> tuple[Coef, Coef]:
+    def _d(
+        self, process: GaussianProcess, t: Step, like: Tensor, alpha_bar: Coef | None
+    ) -> tuple[Coef, Coef]:
         ab = process.alpha_bar(t, like) if alpha_bar is None else alpha_bar
         if isinstance(ab, Tensor):
             ab = ab.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
@@ -271,7 +279,9 @@ class EDMParameterization(GaussianParameterization):
         if ab <= 0.0:
             raise ValueError("the 'edm' parameterization has no c_noise at ᾱ = 0 (σ = ∞); start below it")
         c_noise = 0.25 * 0.5 * (math.log1p(-ab) - math.log(ab))
-        return x * float(1.0 / math.sqrt(d)), torch.full((x.shape[0],), c_noise, dtype=torch.float64, device=x.device)
+        return x * float(1.0 / math.sqrt(d)), torch.full(
+            (x.shape[0],), c_noise, dtype=torch.float64, device=x.device
+        )
 
     def forms(
         self, process: GaussianProcess, mean_part: Tensor, x_t: Tensor, t: Step, alpha_bar: Coef | None

@@ -332,9 +332,7 @@ def rectified_flow(timesteps: int = 1000, *, shift: float = 1.0) -> RectifiedFlo
     return _checked(RectifiedFlow(timesteps, shift=shift))
 
 
-def edm(
-    timesteps: int = 1000, *, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
-) -> EDM:
+def edm(timesteps: int = 1000, *, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> EDM:
     """EDM's variance-exploding path: α = 1, σ ∈ [sigma_min, sigma_max] (Karras et al. 2022)."""
     return _checked(EDM(timesteps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho))
 

@@ -372,9 +372,16 @@ class GaussianProcess:
         Its steps need not lie on the training grid; the network is fed each time's model time.
         """
         if self.path is None:
-            raise ValueError("at_times() needs a continuous path; a discrete chain respaces by step (respace())")
+            raise ValueError(
+                "at_times() needs a continuous path; a discrete chain respaces by step (respace())"
+            )
         ts = np.array(sorted({float(v) for v in times}), dtype=np.float64)
-        if ts.size == 0 or not np.isfinite(ts).all() or ts[0] <= 0.0 or ts[-1] > self.path.t_max * (1 + 1e-12):
+        if (
+            ts.size == 0
+            or not np.isfinite(ts).all()
+            or ts[0] <= 0.0
+            or ts[-1] > self.path.t_max * (1 + 1e-12)
+        ):
             raise ValueError(
                 f"explicit times must be finite and lie in (0, {self.path.t_max:g}], the path's time range "
                 f"(got {times!r}); list the levels from the start of sampling down, without t = 0"
@@ -450,7 +457,9 @@ class GaussianProcess:
             return floats[t]
         if not isinstance(t, Tensor):
             return self._point(float(t))[5]
-        a, s = self.path.alpha_sigma(np.atleast_1d(np.asarray(self.time_of_index(t.detach().cpu().double().numpy()))))
+        a, s = self.path.alpha_sigma(
+            np.atleast_1d(np.asarray(self.time_of_index(t.detach().cpu().double().numpy())))
+        )
         values = np.sqrt(a * a + s * s)
         if t.ndim > 0:
             out = torch.from_numpy(values).to(device=like.device, dtype=like.dtype)

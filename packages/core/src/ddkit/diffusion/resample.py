@@ -248,7 +248,10 @@ class _ContinuousResampler:
 
     def _normal(self, batch_size: int, generator: torch.Generator | None) -> Tensor:
         where = generator.device if generator is not None else torch.device("cpu")
-        return torch.randn(batch_size, generator=generator, device=where, dtype=torch.float64) * self.std + self.mean
+        return (
+            torch.randn(batch_size, generator=generator, device=where, dtype=torch.float64) * self.std
+            + self.mean
+        )
 
     def update(self, t: Tensor, losses: Tensor) -> None:
         """Nothing to learn: the density is fixed."""

@@ -446,7 +446,7 @@ class Pipeline:
         if given and not consumers:
             raise CompositionError(
                 f"{given[0]}=... gives unconditional values for classifier-free guidance, but no guidance of "
-                "this pipeline takes it; add [[guidance]] name = \"classifier-free\" (or "
+                'this pipeline takes it; add [[guidance]] name = "classifier-free" (or '
                 "pipe.with_guidance([...])), or drop it"
             )
         learned = null_embeddings(self.sampling_model)
@@ -777,7 +777,9 @@ def _plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
         section: (
             [part(section, t) for t in value]
             if section == "guidance" and isinstance(value, list)
-            else part(section, value) if section in PART_KINDS else value
+            else part(section, value)
+            if section in PART_KINDS
+            else value
         )
         for section, value in config.items()
     }

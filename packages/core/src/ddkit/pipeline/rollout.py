@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["rollout", "transition_log_prob"]
 
 #: What the error for a sampler without transitions suggests.
-_STOCHASTIC = "ddpm, ddim with eta > 0, euler-ancestral or flow-sde"
+_STOCHASTIC = "ddpm, ddim with eta > 0, euler-ancestral, dpm-solver++ with sde=True or flow-sde"
 
 
 @contextlib.contextmanager

@@ -188,12 +188,14 @@ def _integer_levels(spacing: Sequence[int | float]) -> list[int]:
 
 
 def path_levels(spacing: Sequence[int | float]) -> np.ndarray:
-    """An explicit list of path times, descending, without a trailing t = 0 (the end every sampler reaches)."""
+    """Explicit path times, descending, without a trailing t = 0 (the end every sampler reaches)."""
     times = np.array(sorted((float(v) for v in spacing), reverse=True), dtype=np.float64)
     while times.size > 1 and times[-1] == 0.0:
         times = times[:-1]
     if times.size == 0 or times[-1] <= 0.0:
-        raise ValueError(f"explicit path times must include at least one level above t = 0 (got {list(spacing)})")
+        raise ValueError(
+            f"explicit path times must include at least one level above t = 0 (got {list(spacing)})"
+        )
     if np.unique(times).size != times.size:
         raise ValueError(f"explicit path times must not repeat (got {list(spacing)})")
     return times
@@ -249,9 +251,7 @@ def continuous_schedule(
     from the path's closed form, and an explicit list holds path times (t; σ on ``edm``).
     """
     if process is not None and process.path is not None:
-        return _path_schedule(
-            spacing, steps, process, drop_last=drop_last, last_timestep=last_timestep
-        )
+        return _path_schedule(spacing, steps, process, drop_last=drop_last, last_timestep=last_timestep)
     ac = np.asarray(alphas_cumprod, dtype=np.float64)
     num_timesteps = int(ac.shape[0])
     top = num_timesteps if last_timestep is None else int(last_timestep)

@@ -428,7 +428,8 @@ class SamplerConformance:
         )
         assert [s.step for s in part] == list(range(len(part))), "image-to-image steps must count from 0"
         out = part[-1].x
-        assert out.shape == x_T.shape and torch.isfinite(out).all()
+        assert out.shape == x_T.shape
+        assert torch.isfinite(out).all()
         got_mean, got_std = out.mean(0).tolist(), out.std(0).tolist()
         for d in range(2):
             assert abs(got_mean[d] - mean[d]) < 2 * self.mean_tolerance, (
