@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import ddkit
-from ddkit import Record
+from ddkit import CompositionError, Record
 from ddkit.data.toys import sample_toy, sliced_wasserstein
 from ddkit.diffusion.paths import PathSchedule
 from ddkit.testing import fake_plugin, fresh_registry
@@ -133,3 +133,43 @@ def test_cli_trains_and_samples_a_path_config(config: str, tmp_path: Path) -> No
     samples = np.load(tmp_path / "s.npz")["arr_0"]
     assert samples.shape == (64, 2)
     assert np.isfinite(samples).all()
+
+
+def test_velocity_on_a_discrete_chain_is_refused_before_work() -> None:
+    with pytest.raises(CompositionError, match="needs a continuous path"):
+        ddkit.Pipeline.from_config(
+            {
+                "schedule": {"name": "cosine"},
+                "parameterization": {"name": "velocity"},
+                "model": {"name": "mlp", "dim": 2},
+            }
+        )
+
+
+def test_noise_and_x_T_are_the_paths_start() -> None:
+    pipe = ddkit.Pipeline.from_config(
+        {"schedule": {"name": "edm"}, "parameterization": {"name": "edm"}, "model": {"name": "mlp", "dim": 2}}
+    )
+    x_T = pipe.noise(4096, generator=torch.Generator().manual_seed(0))
+    assert 75.0 < float(x_T.std()) < 85.0  # σ_max·ε, up to sqrt(1 + σ_max²) / σ_max
+
+
+def test_a_none_parameter_survives_save_and_load(tmp_path: object) -> None:
+    """TOML has no null: lambda_min=None (whole chain; default −5.1) is written "none" and read back."""
+    from pathlib import Path
+
+    pipe = ddkit.Pipeline.from_config(
+        {
+            "schedule": {"name": "cosine", "timesteps": 100},
+            "parameterization": {"name": "v", "clip_denoised": False},
+            "model": {"name": "mlp", "dim": 2},
+            "sampler": {"name": "ddim", "steps": 5, "lambda_min": None},
+        }
+    )
+    assert 'lambda_min = "none"' in pipe.to_toml()
+    out = Path(str(tmp_path)) / "p"
+    pipe.save(out)
+    again = ddkit.Pipeline.load(out)
+    assert again.sampler.lambda_min is None
+    x_T = pipe.noise(4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again.sample(x_T=x_T), pipe.sample(x_T=x_T))

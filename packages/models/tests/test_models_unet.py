@@ -25,7 +25,7 @@ def test_output_shape_and_spec(learn_sigma: bool) -> None:
     out = model(x, torch.tensor([0, 999]))
     channels = 6 if learn_sigma else 3
     assert out.shape == (2, channels, 16, 16)
-    assert model.spec == ddkit.ModelSpec(3, channels, (3, 16, 16), None, None)
+    assert model.spec == ddkit.ModelSpec(3, channels, (3, 16, 16), None, None, conditioning=())
     assert ddkit.model_spec(model) == model.spec
 
 

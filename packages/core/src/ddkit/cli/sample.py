@@ -199,11 +199,11 @@ def draw(
                 bar.total = count * len(batches)
                 bar.refresh()
             assert x is not None
-            out.append(x)
+            out.append(pipe.decode(x))  # a latent pipeline's states are latents
     finally:
         bar.close()
     if not out:
-        return torch.empty((0, *(pipe.sample_shape or ())))
+        return torch.empty((0, *(pipe.data_shape or ())))
     return torch.cat(out)
 
 
@@ -270,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
         pipe.use_ema = False
     spec = pipe.spec
     labels = class_labels(args.n, spec.num_classes, args.class_label, args.classes == "all")
-    shape = pipe.sample_shape or ()
+    shape = pipe.data_shape or ()
     is_image = len(shape) == 3 and shape[0] in (1, 3, 4)
     if args.out is not None and not is_image:
         raise ConfigError(

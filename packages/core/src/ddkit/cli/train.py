@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         if main:  # still under the run directory's lock: no other trainer writes beside this save
             saved = pipe.save(out / PIPELINE_SUBDIR)
             print(f"trained {steps} steps; pipeline saved to {saved.parent}")
-            print(f"sample from it with: {sample_command(saved.parent, pipe.sample_shape)}")
+            print(f"sample from it with: {sample_command(saved.parent, pipe.data_shape)}")
     finally:
         trainer.close()
     distributed.barrier()

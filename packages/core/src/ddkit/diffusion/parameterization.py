@@ -295,9 +295,9 @@ class EDMParameterization(GaussianParameterization):
             eps = Linear((1.0 - ab).sqrt() / d, x_t, -sd * ab.sqrt() / root_d, mean_part)
             return x0, eps
         assert isinstance(d, float)
-        root_d = math.sqrt(d)
-        x0 = Linear(sd * sd * math.sqrt(ab) / d, x_t, sd * math.sqrt(1.0 - ab) / root_d, mean_part)
-        eps = Linear(math.sqrt(1.0 - ab) / d, x_t, -sd * math.sqrt(ab) / root_d, mean_part)
+        root = math.sqrt(d)
+        x0 = Linear(sd * sd * math.sqrt(ab) / d, x_t, sd * math.sqrt(1.0 - ab) / root, mean_part)
+        eps = Linear(math.sqrt(1.0 - ab) / d, x_t, -sd * math.sqrt(ab) / root, mean_part)
         return x0, eps
 
     def target(self, process: GaussianProcess, x0: Tensor, x_t: Tensor, t: Step, noise: Tensor) -> Tensor:

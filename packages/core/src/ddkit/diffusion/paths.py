@@ -162,14 +162,14 @@ class PathSchedule:
     def alpha_bar(self, t: Tensor) -> Tensor: ...
     def alpha_bar(self, t: float | Tensor) -> float | Tensor:
         """ᾱ at the protocol's fraction ``t`` ∈ [0, 1] of the grid: ᾱ((i + 1)/T) is training step i's."""
-        u = (t.double() if isinstance(t, Tensor) else np.float64(t)) * self._timesteps - 1.0
         grid = np.append(0.0, self.grid())
-        if isinstance(u, Tensor):
+        if isinstance(t, Tensor):
+            u = t.double() * self._timesteps - 1.0
             times = np.interp(u.cpu().numpy() + 1.0, np.arange(grid.size), grid)
             a, s = self.alpha_sigma(times)
-            out = torch.from_numpy(a * a / (a * a + s * s)).to(u.device)
+            out = torch.from_numpy(a * a / (a * a + s * s)).to(t.device)
             return out.to(t.dtype) if t.is_floating_point() else out
-        time = np.interp(float(u) + 1.0, np.arange(grid.size), grid)
+        time = np.interp(float(t) * self._timesteps, np.arange(grid.size), grid)
         a, s = self.alpha_sigma(np.array([time]))
         return float(a[0] ** 2 / (a[0] ** 2 + s[0] ** 2))
 
