@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from _models_util import assert_close, randomize, tiny_unet_flags
@@ -25,8 +27,12 @@ def test_output_shape_and_spec(learn_sigma: bool) -> None:
     out = model(x, torch.tensor([0, 999]))
     channels = 6 if learn_sigma else 3
     assert out.shape == (2, channels, 16, 16)
-    assert model.spec == ddkit.ModelSpec(3, channels, (3, 16, 16), None, None, conditioning=())
-    assert ddkit.model_spec(model) == model.spec
+    spec = model.spec
+    assert (spec.in_channels, spec.out_channels, spec.sample_shape) == (3, channels, (3, 16, 16))
+    assert (spec.num_classes, spec.null_class) == (None, None)
+    assert spec.conditioning in (None, ())  # no keyword conditioning besides y
+    # model_spec reads the keywords the U-Net takes from its signature (none besides y).
+    assert ddkit.model_spec(model) == dataclasses.replace(spec, conditioning=())
 
 
 def test_fractional_and_scalar_timesteps() -> None:

@@ -21,10 +21,11 @@ class FlowSDE(SamplerBase):
 
     u = α'·x̂_0 + σ'·ε̂ is the path's velocity and −ε̂/σ its score; g(t) = a·sqrt(σ/α) with
     ``noise_level`` a (0.7 in Flow-GRPO; on rectified flow g = a·sqrt(t/(1 − t)), and where
-    α = 0 the next step's α stands in, as Flow-GRPO does at t = 1). ``noise_level=0`` is the
-    Euler ODE step. Each step is the Gaussian N(mean, g²·|dt|) in the path's x_t; the sampler
-    walks the variance-preserving x_t / sqrt(α² + σ²), whose log-densities differ from the
-    path's by a constant per step (ratios and gradients are the same).
+    α = 0 the next step's α stands in, as Flow-GRPO does at t = 1). Any other path is walked as
+    the rectified flow it is in the time τ = σ/(α + σ), so its noise per step is the flow's.
+    ``noise_level=0`` is the Euler ODE step. Each step is the Gaussian N(mean, g²·|dt|) in the
+    path's x_t; the sampler walks the variance-preserving x_t / sqrt(α² + σ²), whose
+    log-densities differ from the path's by a constant per step (ratios and gradients agree).
 
     Needs a continuous path (schedule ``rectified-flow`` or another path). Default: 10 steps
     (Flow-GRPO's training rollouts) of the grid's sections, from t = t_max down to 0. NFE = steps.
@@ -74,10 +75,13 @@ class FlowSDE(SamplerBase):
         chain = plan.denoiser.process
         assert chain.times is not None
         assert chain.path is not None
-        times = [float(t) for t in chain.times[::-1]] + [0.0]
-        a, s = chain.path.alpha_sigma(np.asarray(times))
-        da, ds = chain.path.derivatives(np.asarray(times))
-        plan.extra = (times, a.tolist(), s.tolist(), da.tolist(), ds.tolist())
+        times = np.asarray([float(t) for t in chain.times[::-1]] + [0.0])
+        a, s = chain.path.alpha_sigma(times)
+        # Every path is rectified flow in its own time τ = σ/(α + σ) (the same x up to scale): the SDE
+        # runs in τ, so g and dt mean on every path what Flow-GRPO's mean on rectified flow (τ = t).
+        tau = s / (a + s)
+        ones = np.ones_like(tau)
+        plan.extra = (tau.tolist(), (1.0 - tau).tolist(), tau.tolist(), (-ones).tolist(), ones.tolist())
         return plan
 
     def transition(self, plan: Plan, k: int, x: Tensor, history: Any = None) -> Transition:
