@@ -5,6 +5,7 @@ dict and TOML giving the same samples, save/load bit for bit, and the example co
 from __future__ import annotations
 
 import copy
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,13 @@ def config_for(kind: str, name: str) -> tuple[dict[str, Any], dict[str, Any], di
             cfg["model"] = {**SMALL_UNET, "name": name, "large_size": 8, "small_size": 4}
             del cfg["model"]["image_size"]
             cond = {"low_res": torch.zeros(2, 3, 4, 4)}
+        elif name == "diffusers":  # a folder saved by diffusers' save_pretrained (a tiny UNet2DModel)
+            from ddkit_diffusers.testing import tiny_unet
+
+            folder = tempfile.mkdtemp(prefix="ddkit-compose-")
+            tiny_unet(channels=3, sample_size=8).save_pretrained(folder)
+            cfg["model"] = {"name": name, "path": folder}
+            cond = {}
         elif name == "adm-classifier":  # a classifier, not a denoiser: classifier guidance builds it
             cfg["model"] = {**SMALL_UNET, "class_cond": True, "num_classes": 4}
             cfg["guidance"] = [{"name": "classifier", "scale": 1.0, "classifier": dict(SMALL_CLASSIFIER)}]
@@ -101,6 +109,15 @@ def config_for(kind: str, name: str) -> tuple[dict[str, Any], dict[str, Any], di
             objects["classifier"] = TinyClassifier()
     elif kind == "resampler":
         cfg["resampler"] = {"name": name}
+    elif kind == "autoencoder" and name == "diffusers-vae":
+        from ddkit_diffusers.testing import tiny_autoencoder_kl
+
+        folder = tempfile.mkdtemp(prefix="ddkit-compose-")
+        tiny_autoencoder_kl(latent_channels=4).save_pretrained(folder)
+        # The U-Net works on the 4 × 4 × 4 latents of 3 × 8 × 8 images.
+        cfg["model"] = {**SMALL_UNET, "image_size": 4, "in_channels": 4, "channel_mult": "1,2"}
+        cfg["autoencoder"] = {"name": name, "path": folder}
+        cond = {}
     elif kind == "autoencoder" and name == "pixel-shuffle":
         # A latent pipeline: the U-Net works on the 12 × 4 × 4 latents of 3 × 8 × 8 images.
         cfg["model"] = {**SMALL_UNET, "image_size": 4, "in_channels": 12, "channel_mult": "1,2"}
