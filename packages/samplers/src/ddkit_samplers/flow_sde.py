@@ -10,7 +10,6 @@ import numpy as np
 from torch import Tensor
 
 from ddkit.denoiser import Denoiser
-from ddkit.errors import CompositionError
 from ddkit.sampling import Plan, SamplerBase, Spacing, Transition, real
 
 __all__ = ["FlowSDE"]
@@ -27,7 +26,7 @@ class FlowSDE(SamplerBase):
     path's x_t; the sampler walks the variance-preserving x_t / sqrt(α² + σ²), whose
     log-densities differ from the path's by a constant per step (ratios and gradients agree).
 
-    Needs a continuous path (schedule ``rectified-flow`` or another path). Default: 10 steps
+    Runs on every path and chain. Default: 10 steps
     (Flow-GRPO's training rollouts) of the grid's sections, from t = t_max down to 0. NFE = steps.
 
     .. versionadded:: 0.2.0
@@ -64,21 +63,12 @@ class FlowSDE(SamplerBase):
         self.stochastic = self.noise_level > 0.0
 
     def _plan(self, denoiser: Denoiser) -> Plan:
-        process = denoiser.process
-        if process.path is None:
-            raise CompositionError(
-                f"sampler {self.name!r} integrates a flow's SDE in the path's time, but this schedule is a "
-                "discrete chain of betas; use schedule 'rectified-flow' (or another continuous path), or a "
-                "discrete stochastic sampler such as 'ddpm' or 'ddim' with eta > 0"
-            )
         plan = self._chain_plan(denoiser)
-        chain = plan.denoiser.process
-        assert chain.times is not None
-        assert chain.path is not None
-        times = np.asarray([float(t) for t in chain.times[::-1]] + [0.0])
-        a, s = chain.path.alpha_sigma(times)
-        # Every path is rectified flow in its own time τ = σ/(α + σ) (the same x up to scale): the SDE
-        # runs in τ, so g and dt mean on every path what Flow-GRPO's mean on rectified flow (τ = t).
+        # Every Gaussian path (a discrete chain too) is rectified flow in the time τ = σ/(α + σ), with
+        # the same x up to scale: the SDE runs in τ, so g and dt mean on every path what Flow-GRPO's
+        # mean on rectified flow (where τ = t). ᾱ gives τ: α ∝ sqrt(ᾱ), σ ∝ sqrt(1 − ᾱ).
+        ab = np.asarray(plan.alpha_bars, dtype=np.float64)
+        a, s = np.sqrt(ab), np.sqrt(1.0 - ab)
         tau = s / (a + s)
         ones = np.ones_like(tau)
         plan.extra = (tau.tolist(), (1.0 - tau).tolist(), tau.tolist(), (-ones).tolist(), ones.tolist())
