@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ddkit.diffusion.process import GaussianProcess
+from ddkit.diffusion.schedules import MAX_TIMESTEPS
 from ddkit.errors import ConfigError
 
 __all__ = [
@@ -37,9 +38,6 @@ __all__ = [
     "rectified_flow",
     "vp_continuous",
 ]
-
-#: The most training times a path grid may have (a bigger grid is almost surely a typo).
-MAX_TIMESTEPS = 1_000_000
 
 
 def _positive(name: str, value: object, *, integer: bool = False) -> Any:

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ddkit.diffusion.schedules import MAX_TIMESTEPS
 from ddkit.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -31,8 +32,6 @@ __all__ = [
 ]
 
 
-#: The most training steps a resampler keeps statistics for (as the schedules' own limit).
-MAX_TIMESTEPS = 100_000
 #: The most losses per step the loss-second-moment resampler remembers.
 MAX_HISTORY = 10_000
 
