@@ -139,6 +139,12 @@ except ddkit.training.guard.NonFiniteTrainingError as exc:
     result = {"stopped_at": exc.step}
 with open(os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.json"), "w") as f:
     json.dump(result, f)
+# Tear the gloo group down before exit: left to the interpreter, a rank may abort at exit.
+import torch.distributed as dist
+
+if dist.is_initialized():
+    dist.barrier()
+    dist.destroy_process_group()
 """
 
 
