@@ -2,12 +2,14 @@
 
 The README's pipeline (cosine schedule, ε-prediction with fixed-small variance and no
 clipping, the 2-D MLP on the 8-Gaussian toy) is trained briefly, then sampled as a new user
-would: each registered ddkit sampler with only ``steps`` set, 10 to 200. Its cosine schedule
-ends at ᾱ_T ≈ 2e-9, where the network's x̂_0 is mostly its error (about 400 RMS there): over
-the whole chain even DDPM-1000 scores hundreds here. Quality is the sliced Wasserstein distance
-to fresh data. The stochastic samplers meet 1.5× DDPM's distance at their defaults; the
-deterministic ones do not on this model (``ODE_GAP``): they are marked as expected failures,
-strictly, so the mark goes the day they pass.
+would: each registered ddkit sampler with only ``steps`` set, 10 to 200. Quality is the sliced
+Wasserstein distance to fresh data, and every sampler must come within 1.5× of DDPM's.
+
+What this caught: a network whose output is bounded in ``x`` (a normalized head) cannot follow
+ε ≈ x in the tails of N(0, I) at high noise; the deterministic samplers multiply that shortfall
+by σ/α and threw about 1 % of their samples far off the data (DDIM 0.15 / 0.82 / 4.1 at
+10 / 50 / 200 steps against DDPM's 0.05), while DDPM's fresh noise hid it. The MLP's linear
+skip (``skip=True``) is the fix; :func:`test_the_tails_of_x_T_land_on_the_data` keeps it.
 """
 
 from __future__ import annotations
@@ -24,19 +26,13 @@ import ddkit.data
 
 pytestmark = pytest.mark.slow
 
-#: Why the deterministic samplers miss the mark here (measured; see the module docstring).
-ODE_GAP = (
-    "this briefly trained ε-network is biased at high noise (λ < −1); a deterministic sampler keeps "
-    "that error where DDPM's fresh noise washes it out: DDIM scores 0.15 / 0.82 / 4.1 at 10 / 50 / 200 "
-    "steps, the same ODE from λ = −2.5 0.08 at 200, against 0.05 for DDPM at its defaults (995 steps)"
-)
 #: (sampler, parameters) at their defaults; each runs at every step count of STEPS.
 SAMPLERS = (
     pytest.param("ddpm", {}, id="ddpm"),
     pytest.param("euler-ancestral", {}, id="euler-ancestral"),
     pytest.param("dpm-solver++", {"sde": True}, id="dpm-solver++-sde"),
     *(
-        pytest.param(name, {}, id=name, marks=pytest.mark.xfail(strict=True, reason=ODE_GAP))
+        pytest.param(name, {}, id=name)
         for name in ("ddim", "plms", "ipndm", "deis", "dpm-solver++", "euler", "heun")
     ),
 )
@@ -103,13 +99,39 @@ def test_every_sampler_at_its_defaults_is_within_1_5x_of_ddpm_1000(
     assert worst <= 1.5 * ddpm_1000, f"{name} {params} at its defaults: {shown}; DDPM-1000 {ddpm_1000:.3f}"
 
 
-def test_the_whole_chain_is_what_goes_wrong_and_it_warns(
-    pipe: ddkit.Pipeline, data: Tensor, ddpm_1000: float
-) -> None:
-    # The whole cosine chain (lambda_min=None), its first step from ᾱ = 2e-9 (Euler on Karras σ's,
-    # its pre-0.2 default): even DDPM over all 1000 steps does not recover from the error there.
+#: Samplers not judged on this ε chain, and why.
+NOT_FOR_EPSILON_CHAINS = {
+    # Flow-GRPO's rollout sampler for flow models: 10 steps from the path's start as Flow-GRPO
+    # (lambda_min=None); on this ε chain it warns, and even from λ = −5.1 its 10 noisy Euler steps
+    # score 0.5. Judged on the flow paths in bench/quality_paths.py and tests/test_paths_e2e.py.
+    "flow-sde",
+}
+
+
+def test_every_installed_ddkit_sampler_is_judged() -> None:
+    judged = {p.values[0] for p in SAMPLERS} | NOT_FOR_EPSILON_CHAINS
+    ours = {
+        n for n in ddkit.names("sampler") if ddkit.describe("sampler", n).distribution == "ddkit-samplers"
+    }
+    assert ours <= judged, f"not judged here: {sorted(ours - judged)}"
+
+
+def test_the_tails_of_x_T_land_on_the_data(pipe: ddkit.Pipeline, data: Tensor) -> None:
+    # x_T 3.3–4.5 from the origin (about 1 % of N(0, I) in 2-D), through 200 DDIM steps: the
+    # probability-flow ODE takes them onto the ring like every other start.
+    angle = torch.linspace(0, 2 * math.pi, 64)
+    radius = torch.linspace(3.3, 4.5, 64)
+    x_T = torch.stack([radius * angle.cos(), radius * angle.sin()], dim=1)
+    out = pipe.with_sampler("ddim", steps=200).sample(64, x_T=x_T)
+    reach = float(data.norm(dim=1).max())
+    assert float(out.norm(dim=1).max()) < 1.5 * reach, out.norm(dim=1).max()
+
+
+def test_the_whole_chain_warns_and_names_the_fix(pipe: ddkit.Pipeline) -> None:
+    # The whole cosine chain (lambda_min=None) starts an ε model at ᾱ = 2e-9, where x̂_0 is
+    # 2·10⁴ times the network's ε error: this network survives it, many do not, so it warns.
     for name, params in (("euler", {"steps": 50, "spacing": "karras"}), ("ddpm", {})):
         sampler = pipe.with_sampler(name, lambda_min=None, **params)
         with pytest.warns(ddkit.SamplingWarning, match="lambda_min=-5.1"):
-            out = sampler.sample(N, generator=torch.Generator().manual_seed(1))
-        assert sliced_wasserstein(out, data) > 3 * ddpm_1000, name
+            out = sampler.sample(64, generator=torch.Generator().manual_seed(1))
+        assert torch.isfinite(out).all(), name

@@ -91,3 +91,33 @@ def test_learns_to_denoise_a_two_dimensional_mixture() -> None:
     with torch.no_grad():
         final = (model(x_t, t) - noise).square().mean().item()
     assert final < 0.35
+
+
+def test_the_skip_keeps_predictions_linear_in_x_off_the_data() -> None:
+    # The normalized head is bounded in x; the skip's gain g(t)·x is not, so an ε-prediction can
+    # follow ε ≈ x in the tails of N(0, I) at high noise.
+    model = randomize(ddkit.create("model", "mlp", hidden=32))
+    plain = randomize(ddkit.create("model", "mlp", hidden=32, skip=False))
+    t = torch.full((1,), 900.0)
+    with torch.no_grad():
+        far = [float(model(torch.tensor([[r, 0.0]]), t).norm()) for r in (10.0, 100.0, 1000.0)]
+        bounded = [float(plain(torch.tensor([[r, 0.0]]), t).norm()) for r in (10.0, 100.0, 1000.0)]
+    assert far[2] / far[1] == pytest.approx(10.0, rel=0.05)
+    assert bounded[2] / bounded[1] == pytest.approx(1.0, rel=0.05)
+
+
+def test_weights_saved_without_the_skip_load_as_the_same_network() -> None:
+    old = randomize(ddkit.create("model", "mlp", hidden=32, skip=False))
+    new = ddkit.create("model", "mlp", hidden=32)
+    new.load_state_dict(old.state_dict())  # no skip_gain.* keys: a zero gain
+    x, t = torch.randn(6, 2), torch.rand(6) * 999
+    with torch.no_grad():
+        assert torch.equal(new(x, t), old(x, t))
+
+
+def test_a_new_network_is_the_zero_predictor_and_other_outputs_get_no_skip() -> None:
+    x, t = torch.randn(4, 3), torch.rand(4) * 999
+    with torch.no_grad():
+        assert torch.equal(ddkit.create("model", "mlp", dim=3)(x, t), torch.zeros(4, 3))
+    assert ddkit.create("model", "mlp", dim=3, learn_sigma=True).skip
+    assert not ddkit.create("model", "mlp", dim=3, out_dim=8).skip  # e.g. a classifier's logits

@@ -141,12 +141,15 @@ def mlp(
     learn_sigma: bool = False,
     dropout: float = 0.0,
     time_scale: float = 1.0,
+    skip: bool = True,
 ) -> MLPDenoiser:
     """A time-conditioned residual MLP for vector data ``[B, dim]``.
 
     ``num_classes`` makes it class-conditional, with the null class (for classifier-free
     guidance) at index ``num_classes``; ``learn_sigma`` doubles the output for learned
-    variances. ``time_scale`` multiplies ``t`` before its sinusoidal embedding.
+    variances. ``time_scale`` multiplies ``t`` before its sinusoidal embedding. ``skip`` adds
+    a time-dependent linear path from ``x`` to the outputs shaped like it, so predictions keep
+    growing with ``x`` off the data (see :class:`~ddkit_models.mlp.MLPDenoiser`).
     """
     return MLPDenoiser(
         dim=dim,
@@ -157,4 +160,5 @@ def mlp(
         learn_sigma=learn_sigma,
         dropout=dropout,
         time_scale=time_scale,
+        skip=skip,
     )

@@ -42,6 +42,16 @@ class MLPDenoiser(nn.Module):
 
     ``time_scale`` multiplies ``t`` before the embedding: the default 1 suits training
     timesteps in ``[0, 1000)``; use ~1000 for continuous times in ``[0, 1]``.
+
+    ``skip`` adds ``g(t, y)·x`` to the outputs shaped like ``x`` (the first ``dim`` of them, when
+    ``out_dim`` is ``dim`` or ``2·dim``), a per-feature gain of the time embedding. The
+    normalized head alone is bounded in ``x``, while ε, v and x_0 targets grow linearly with
+    ``x`` away from the data: at high noise ε ≈ x, and a probability-flow sampler started in the
+    tails of N(0, I) multiplies the head's shortfall there by σ/α (hundreds), throwing about 1 %
+    of its samples far off the data. Zero-initialised, so a new network is still the zero predictor.
+
+    .. versionchanged:: 0.2.0 ``skip``, on by default; weights saved without it load with a zero gain,
+       which is exactly the network they were saved from.
     """
 
     def __init__(
@@ -54,6 +64,7 @@ class MLPDenoiser(nn.Module):
         learn_sigma: bool = False,
         dropout: float = 0.0,
         time_scale: float = 1.0,
+        skip: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (("dim", dim), ("hidden", hidden), ("depth", depth)):
@@ -85,6 +96,18 @@ class MLPDenoiser(nn.Module):
         self.out = nn.Linear(hidden, self.out_dim)
         nn.init.zeros_(self.out.weight)  # start as the zero predictor, like ADM's output conv
         nn.init.zeros_(self.out.bias)
+        self.skip = bool(skip) and self.out_dim in (dim, 2 * dim)
+        if self.skip:
+            self.skip_gain = nn.Linear(hidden, dim)
+            nn.init.zeros_(self.skip_gain.weight)
+            nn.init.zeros_(self.skip_gain.bias)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: object) -> None:
+        # Weights saved before ``skip`` existed: a zero gain is exactly the network they came from.
+        if self.skip and prefix + "skip_gain.weight" not in state_dict:
+            state_dict[prefix + "skip_gain.weight"] = torch.zeros_like(self.skip_gain.weight)
+            state_dict[prefix + "skip_gain.bias"] = torch.zeros_like(self.skip_gain.bias)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     @property
     def spec(self) -> ModelSpec:
@@ -110,4 +133,10 @@ class MLPDenoiser(nn.Module):
         emb = F.silu(emb)
         for block in self.blocks:
             h = block(h, emb)
-        return cast(Tensor, self.out(F.silu(self.out_norm(h))))
+        out = cast(Tensor, self.out(F.silu(self.out_norm(h))))
+        if not self.skip:
+            return out
+        linear = cast(Tensor, self.skip_gain(emb)) * x
+        if self.out_dim == self.dim:
+            return out + linear
+        return torch.cat([out[:, : self.dim] + linear, out[:, self.dim :]], dim=1)
