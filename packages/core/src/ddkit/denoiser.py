@@ -73,6 +73,7 @@ class Denoiser:
         "nfe",
         "parameterization",
         "process",
+        "spec",
     )
 
     def __init__(
@@ -99,7 +100,8 @@ class Denoiser:
             forms = tuple(choose_form(g, sampler_forms) for g in self.guidances)
         self.forms = tuple(forms)
         self.nfe = 0
-        spec = model_spec(model)
+        #: What the model declares (read once: :func:`~ddkit.protocols.model_spec` inspects it).
+        self.spec = spec = model_spec(model)
         # Labels given to a model that declares no classes steer a guidance (classifier guidance
         # on an unconditional network), not the network: it does not see them.
         self._model_conditioning = self.conditioning
@@ -119,6 +121,23 @@ class Denoiser:
 
     def with_process(self, process: GaussianProcess, **changes: Any) -> Denoiser:
         """The same model, parameterization, guidances and conditioning on another chain."""
+        if changes.keys() <= {"clip_denoised", "denoised_fn"}:
+            # What a sampler binds once per call: the guidances are already checked and wrapped
+            # around the model, so copy them instead of building (and re-checking) them again.
+            out = Denoiser.__new__(Denoiser)
+            for name in Denoiser.__slots__:
+                setattr(out, name, getattr(self, name))
+            out.process = process
+            out.nfe = 0
+            out.conditioning = dict(self.conditioning)
+            same = self._model_conditioning is self.conditioning
+            out._model_conditioning = out.conditioning if same else dict(self._model_conditioning)
+            if "clip_denoised" in changes:
+                clip = changes["clip_denoised"]
+                out.clip_denoised = self.parameterization.clip_denoised if clip is None else clip
+            if "denoised_fn" in changes:
+                out.denoised_fn = changes["denoised_fn"]
+            return out
         kwargs: dict[str, Any] = {
             "guidances": self.guidances,
             "conditioning": self.conditioning,
