@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -32,6 +32,8 @@ class EpsMultistep(SamplerBase):
     default_spacing = "leading"
     continuous = True
     max_order = 3
+    #: :meth:`_coefficients` per grid, chain and settings, made on first use.
+    _coefficient_cache: dict[tuple[Any, ...], list[tuple[float, tuple[float, ...]]]] | None = None
 
     def __init__(
         self,
@@ -105,10 +107,25 @@ class EpsMultistep(SamplerBase):
             out.append((alpha[k + 1] / alpha[k], tuple(alpha[k + 1] * w for w in c)))
         return out
 
+    def _plan_coefficients(self, plan: Plan, start: int) -> list[tuple[float, tuple[float, ...]]]:
+        """:meth:`_coefficients`, remembered per grid and chain (DEIS integrates polynomials for each)."""
+        key = (tuple(plan.extra), start, plan.denoiser.process, *self._coefficient_key())
+        cache = self._coefficient_cache
+        if cache is None or len(cache) > 64:
+            cache = self._coefficient_cache = {}
+        hit = cache.get(key)
+        if hit is None:
+            hit = cache[key] = self._coefficients(plan, start)
+        return hit
+
+    def _coefficient_key(self) -> tuple[Any, ...]:
+        """The settings :meth:`_coefficients` depends on besides the grid and the chain."""
+        return (self.order, self.lower_order_final)
+
     def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
         d = plan.denoiser
         sig = plan.extra
-        coefs = self._coefficients(plan, start)
+        coefs = self._plan_coefficients(plan, start)
         history: list[Tensor] = []  # past ε predictions, newest first
         keep = self.order - 1
         for k in range(start, plan.steps):

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch import Tensor
 
 from ddkit.denoiser import Denoiser
+from ddkit.diffusion.process import GaussianProcess
 from ddkit.errors import CompositionError
 from ddkit.protocols import SamplerState
 from ddkit.sampling import DEFAULT_LAMBDA_MIN, Plan, Run, SamplerBase, Spacing, Transition, real
 
 __all__ = ["DDIM"]
+
+#: Per plan step: the chain step, the weights of x and x̂_0, and σ.
+_StepWeights = list[tuple[int, float, float, float]]
 
 
 def _weights(ab: float, ab_to: float, c_eps: float) -> tuple[float, float]:
@@ -42,6 +47,8 @@ class DDIM(SamplerBase):
     name = "ddim"
     guidance_forms = ("model", "score")
     default_spacing = "ddim"
+    #: Per chain and η: each step's weights (see :meth:`_step_weights`), made on first use.
+    _weights_cache: weakref.WeakKeyDictionary[GaussianProcess, dict[float, _StepWeights]] | None = None
 
     def __init__(
         self,
@@ -68,18 +75,42 @@ class DDIM(SamplerBase):
         self.stochastic = self.eta > 0.0
 
     def _plan(self, denoiser: Denoiser) -> Plan:
-        return self._chain_plan(denoiser)
+        plan = self._chain_plan(denoiser)
+        plan.extra = self._step_weights(plan.denoiser.process)
+        return plan
 
     def transition(self, plan: Plan, k: int, x: Tensor, history: Any = None) -> Transition:
         """Eq. 12 at chain step t = N − 1 − k: mean sqrt(ᾱ_{t-1})·x̂_0 + sqrt(1 − ᾱ_{t-1} − σ²)·ε̂, std σ."""
         d = plan.denoiser
-        chain = d.process
-        i = chain.num_timesteps - 1 - k
-        ab, ab_prev = float(chain.alpha_bar(i)), float(chain.coef("alphas_cumprod_prev", i, x))
-        sigma = self.eta * math.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev)) if self.eta else 0.0
-        c_x, c_x0 = _weights(ab, ab_prev, math.sqrt(max(1.0 - ab_prev - sigma * sigma, 0.0)))
+        weights = plan.extra if plan.extra is not None else self._step_weights(d.process)
+        i, c_x, c_x0, sigma = weights[k]
         pred = d(x, i)
         return Transition(pred.blend_x0(c_x, x, c_x0), sigma, pred)
+
+    def _step_weights(self, chain: GaussianProcess) -> _StepWeights:
+        """Per plan step k: chain step i, the weights of x and x̂_0, and σ; once per chain and η.
+
+        Python floats worked out before the loop, so a step is a list lookup (the same values
+        as computing them in the step).
+        """
+        if self._weights_cache is None:
+            self._weights_cache = weakref.WeakKeyDictionary()
+        per_eta = self._weights_cache.setdefault(chain, {})
+        hit = per_eta.get(self.eta)
+        if hit is not None:
+            return hit
+        n = chain.num_timesteps
+        out: _StepWeights = []
+        for k in range(n):
+            i = n - 1 - k
+            ab, ab_prev = float(chain.alphas_cumprod[i]), float(chain.alphas_cumprod_prev[i])
+            sigma = (
+                self.eta * math.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev)) if self.eta else 0.0
+            )
+            c_x, c_x0 = _weights(ab, ab_prev, math.sqrt(max(1.0 - ab_prev - sigma * sigma, 0.0)))
+            out.append((i, c_x, c_x0, sigma))
+        per_eta[self.eta] = out
+        return out
 
     # -- inversion -------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.polynomial.polynomial import polymul, polyval
@@ -90,6 +90,9 @@ class DEIS(EpsMultistep):
         if basis not in ("logrho", "t"):
             raise ValueError(f"'basis' must be 'logrho' or 't' (got {basis!r})")
         self.basis = basis
+
+    def _coefficient_key(self) -> tuple[Any, ...]:
+        return (*super()._coefficient_key(), self.basis)
 
     def _landing_order(self) -> int:
         # A polynomial in log ρ extrapolated down to ρ = 0 (log ρ = −∞) is wild: land by DDIM.

@@ -96,6 +96,8 @@ class DPMSolverPP(SamplerBase):
 
     name = "dpm-solver++"
     guidance_forms = ("model", "score")
+    #: The grid of the walk in progress and its steps' coefficients (see :meth:`transition`).
+    _memo: tuple[list[float], dict[tuple[int, int], tuple[float, tuple[float, ...], float]]] | None = None
     default_steps = 20
     default_spacing = "leading"
     continuous = True
@@ -194,7 +196,14 @@ class DPMSolverPP(SamplerBase):
         past: tuple[Tensor, ...] = () if history is None else history
         sig = plan.extra
         pred = plan.denoiser(x, _step_t(plan.timesteps[k]), alpha_bar=1.0 / (1.0 + sig[k] * sig[k]))
-        ratio, weights, std = self._step_coefficients(sig, k, len(past))
+        memo = self._memo
+        if memo is None or memo[0] is not sig:
+            # One walk asks with the same grid list at every step: key on it by identity.
+            memo = self._memo = (sig, {})
+        hit = memo[1].get((k, len(past)))
+        if hit is None:
+            hit = memo[1][(k, len(past))] = self._step_coefficients(sig, k, len(past))
+        ratio, weights, std = hit
         if ratio == 0.0 and weights == (1.0,):
             mean = pred.x0.clone()
         elif len(weights) == 1:
@@ -207,10 +216,10 @@ class DPMSolverPP(SamplerBase):
         return Transition(mean, std, pred, carry)
 
     def _step_coefficients(
-        self, sig: list[float], k: int, known: int
+        self, sig: list[float], k: int, known: int, grid: tuple[float, ...] | None = None
     ) -> tuple[float, tuple[float, ...], float]:
-        """:meth:`_coefficient`, remembered per grid (a walk asks once per step)."""
-        key = (tuple(sig), k, known)
+        """:meth:`_coefficient`, remembered per grid (``grid``: ``tuple(sig)`` if the caller has it)."""
+        key = (tuple(sig) if grid is None else grid, k, known)
         hit = self._cache.get(key)
         if hit is None:
             if len(self._cache) > 4096:
@@ -226,7 +235,8 @@ class DPMSolverPP(SamplerBase):
     def _ode(self, plan: Plan, x: Tensor, start: int) -> Iterator[SamplerState]:
         d = plan.denoiser
         sig = plan.extra
-        coefs = self._coefficients(sig, start)
+        grid = tuple(sig)
+        coefs = [self._step_coefficients(sig, k, k - start, grid) for k in range(start, len(sig) - 1)]
         history: list[Tensor] = []  # x̂_0 predictions, newest first
         for k in range(start, plan.steps):
             s = sig[k]

@@ -64,9 +64,11 @@ class PLMS(SamplerBase):
         n = chain.num_timesteps
         history: list[Tensor] = []  # past ε predictions, newest last
         terms: tuple[tuple[float, Tensor], ...]
+        # The tables as Python floats once (the same values; a NumPy scalar per step costs more).
+        acs, prevs = chain.alphas_cumprod.tolist(), chain.alphas_cumprod_prev.tolist()
         for k in range(start, n):
             i = n - 1 - k
-            ab, ab_prev = float(chain.alphas_cumprod[i]), float(chain.alphas_cumprod_prev[i])
+            ab, ab_prev = acs[i], prevs[i]
             # x_{t-1} = sqrt(ᾱ_prev)·x0(ε') + sqrt(1 − ᾱ_prev)·ε', with x0(ε') read off x_t.
             c_x = math.sqrt(ab_prev / ab)
             c_eps = math.sqrt(1.0 - ab_prev) - math.sqrt(ab_prev * (1.0 - ab) / ab)
