@@ -54,6 +54,24 @@ name = "gaussians"
 n = 256
 """
 
+#: The torch CPU thread count of every training run of these tests, in-process and in subprocesses.
+#: Runs compared bit for bit must use one count: some CPU kernels (LayerNorm's backward among them)
+#: split their sums per thread, so a 1-thread and a 2-thread run differ from the second step on
+#: (issue 20: a reference trained at the process's default of 2 threads never matched the trials).
+THREADS = 1
+
+
+@contextmanager
+def torch_threads(n: int = THREADS) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads; the previous count comes back after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # The real CLI in a subprocess, with test hooks (the library's only hook is ddkit._atomic.fault_point):
 #   STOP_AT=<label>:<n>  the n-th time (1-based) the writer reaches fault point <label>, write the
 #                        marker file and sleep, so that the test kills it exactly there;
@@ -64,7 +82,7 @@ RUNNER = """
 import os, sys, time
 import torch
 
-torch.set_num_threads(1)
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # THREADS, set by start()
 from ddkit import _atomic
 from ddkit.training import trainer
 
@@ -135,8 +153,8 @@ def start(config: Path, out: Path, tmp: Path, *extra: str, **env: str) -> subpro
         env={
             **base,
             "PYTHONPYCACHEPREFIX": str(tmp / "pycache"),
-            "OMP_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": str(THREADS),
+            "MKL_NUM_THREADS": str(THREADS),
             **env,
         },
         stdout=subprocess.DEVNULL,
@@ -178,6 +196,9 @@ def weights(ckpt_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
+    """The checkpoints ``a`` and ``b`` hold bit-identical weights (and were trained at one thread count)."""
+    threads = [ckpt.verify_checkpoint(path)["meta"].get("cpu_threads") for path in (a, b)]
+    assert threads[0] == threads[1], f"{a} was trained with {threads[0]} CPU threads, {b} with {threads[1]}"
     wa, wb = weights(a), weights(b)
     for name in wa:
         assert wa[name].keys() == wb[name].keys()

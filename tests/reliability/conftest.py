@@ -6,15 +6,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
+from _faults import THREADS, torch_threads
 
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    """Every test trains at ``THREADS`` (module-scoped fixtures set up before this one pin it themselves)."""
+    with torch_threads(THREADS):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -18,10 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 from _faults import (
+    THREADS,
     assert_same_weights,
     cli_args,
     sigkill,
     start,
+    tiny_pipeline,
+    torch_threads,
     wait_for,
     write_config,
 )
@@ -90,21 +93,18 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(config: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run that was never killed."""
+    """A run that was never killed, at the trials' thread count.
+
+    Module-scoped fixtures are set up before the function-scoped ``_one_thread``: without
+    ``torch_threads`` this run took the process's count (2 under OMP_NUM_THREADS=2 in CI), and a
+    2-thread run is not bit-identical to the 1-thread trials (issue 20).
+    """
     out = tmp_path_factory.mktemp("straight")
-    assert main(cli_args(config, out)) == 0
+    with torch_threads(THREADS):
+        assert main(cli_args(config, out)) == 0
     return out / ckpt.checkpoint_name(STEPS)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "open bug (issue 20): one CI run (DDKIT_RELIABILITY_SEED=881170678, timing-dependent; the same seed "
-        "passed on a rerun) ended with weights differing from the never-killed run after two interrupted "
-        "rewrites of ckpt-000010 were put back; corruption and lost-run checks held. Remove this mark once "
-        "the cause is found."
-    ),
-)
 def test_randomized_sigkills_lose_nothing(
     config: Path, reference: Path, spawn_dir: Path, tmp_path: Path
 ) -> None:
@@ -176,3 +176,37 @@ def test_randomized_sigkills_lose_nothing(
     assert kills["rewrite-aside"] + kills["rewrite-swapped"] > 0
     assert kills["prune"] > 0
     assert kills["pipeline-save"] > 0
+
+
+def test_a_rewrite_writes_exactly_what_was_committed(tmp_path: Path) -> None:
+    """Re-saving a resumed step (the RESAVE trials) gives the same bytes, so the ``.old-``/``.tmp-``
+    copies an interrupted rewrite leaves are interchangeable and recovery's choice cannot change a run."""
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    first = ddkit.Trainer(tiny_pipeline(), x, batch_size=16, seed=5, out_dir=tmp_path, checkpoint_every=3)
+    first.train(3)
+    first.close()
+    committed = ckpt.verify_checkpoint(tmp_path / ckpt.checkpoint_name(3))
+    resumed = ddkit.Trainer(tiny_pipeline(1), x, batch_size=16, seed=5, out_dir=tmp_path, resume=True)
+    assert resumed.step == 3
+    resumed.save_checkpoint()
+    resumed.close()
+    assert ckpt.verify_checkpoint(tmp_path / ckpt.checkpoint_name(3)) == committed
+
+
+def test_checkpoints_record_the_thread_count_and_a_resume_with_another_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bit-identical CPU resumes need the same torch thread count (issue 20): it is recorded and checked."""
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    trainer = ddkit.Trainer(tiny_pipeline(), x, batch_size=16, seed=5, out_dir=tmp_path, device="cpu")
+    trainer.train(2)
+    trainer.close()
+    assert ckpt.verify_checkpoint(tmp_path / ckpt.checkpoint_name(2))["meta"]["cpu_threads"] == THREADS
+    for threads, logged in ((THREADS, False), (THREADS + 1, True)):
+        caplog.clear()
+        with torch_threads(threads), caplog.at_level("WARNING", logger="ddkit.training"):
+            ddkit.Trainer(
+                tiny_pipeline(), x, batch_size=16, out_dir=tmp_path, resume=True, device="cpu"
+            ).close()
+        message = f"ckpt-000002 was trained with {THREADS} CPU threads and the run continues with {threads}"
+        assert (message in caplog.text) is logged, caplog.text

@@ -8,9 +8,12 @@ slice; per micro-batch, ``loss = (losses["loss"] * weights).mean()``, backward (
 averages gradients across ranks); clip; AdamW (torch's fused kernel where it has one);
 update every EMA; report the per-sample losses to the resampler. Because every random
 draw is a function of (seed, step) and the stream state, a run resumed from a checkpoint
-repeats, bit for bit on the CPU, what the uninterrupted run would have done; with another
-world size it sees the same batches, timesteps and noise, and differs only by the rounding
-of the gradient all-reduce.
+repeats, bit for bit on the CPU, what the uninterrupted run would have done, provided torch
+uses as many CPU threads (``torch.get_num_threads()``, recorded in each checkpoint's meta as
+``cpu_threads``; a resume with another count is logged): some CPU kernels, LayerNorm's backward
+among them, split their sums per thread, so another thread count rounds differently. With
+another world size a run sees the same batches, timesteps and noise, and differs only by the
+rounding of the gradient all-reduce.
 """
 
 from __future__ import annotations
@@ -719,6 +722,7 @@ class Trainer:
             "world_size": self.world_size,
             "ema_rates": list(self.ema),
             "precision": self.options.precision,
+            "cpu_threads": torch.get_num_threads(),  # bit-identical resumes on the CPU need the same count
             "model": type(self.model).__name__,
             "params": _shapes(model_state),
         }
@@ -810,7 +814,14 @@ class Trainer:
                 f"checkpoint {path.name} was trained on {state['data']['length']} items, this data has "
                 f"{self.stream.length}; resume with the same data"
             )
-        return {"name": path.name, "model": model_state, "ema": emas, "optimizer": optim, "state": state}
+        return {
+            "name": path.name,
+            "model": model_state,
+            "ema": emas,
+            "optimizer": optim,
+            "state": state,
+            "meta": manifest.get("meta") or {},
+        }
 
     def _apply_checkpoint(self, loaded: Mapping[str, Any]) -> None:
         state = loaded["state"]
@@ -865,6 +876,18 @@ class Trainer:
             restore_rng_state(rngs[self.rank], generators)
         else:
             seed_everything(derive_seed(self.seed, "global", self.rank, self.step))
+        threads = loaded.get("meta", {}).get("cpu_threads")
+        if self.device.type == "cpu" and isinstance(threads, int) and threads != torch.get_num_threads():
+            log.warning(
+                "%s was trained with %d CPU threads and the run continues with %d: it will not be "
+                "bit-identical to an uninterrupted run (set torch.set_num_threads(%d) or OMP_NUM_THREADS=%d "
+                "for that)",
+                loaded["name"],
+                threads,
+                torch.get_num_threads(),
+                threads,
+                threads,
+            )
         if self.out_dir is not None and self.rank == 0:
             truncate_jsonl(self.out_dir / LOG_FILE, self.step)
             path = self.out_dir / LOG_FILE
