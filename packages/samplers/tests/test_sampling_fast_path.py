@@ -1,0 +1,125 @@
+"""The per-call shortcuts of the sampling loop give the same samples, counts and errors as the full loop.
+
+``SamplerBase.sample`` skips the per-step driver when no one watches the states, named-spacing
+plans and step coefficients are remembered between calls, and ``Denoiser.with_process`` copies
+the checked guidances: none of it may change a sample, an NFE count or a refusal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from sampler_toys import Elementwise, make_denoiser
+from torch import Tensor
+
+import ddkit
+from ddkit.denoiser import Denoiser
+from ddkit.errors import NonFiniteError
+from ddkit.protocols import SamplerState
+from ddkit.sampling.base import _check_final
+
+#: Every registered sampler with settings that exercise its loop (stochastic ones included).
+CASES: list[tuple[str, dict[str, Any]]] = [
+    ("ddpm", {"steps": 6}),
+    ("ddim", {"steps": 6}),
+    ("ddim", {"steps": 6, "eta": 0.7}),
+    ("plms", {"steps": 6}),
+    ("ipndm", {"steps": 6}),
+    ("deis", {"steps": 6}),
+    ("deis", {"steps": 6, "basis": "t"}),
+    ("dpm-solver++", {"steps": 6}),
+    ("dpm-solver++", {"steps": 6, "order": 3}),
+    ("dpm-solver++", {"steps": 6, "sde": True}),
+    ("euler", {"steps": 6}),
+    ("heun", {"steps": 4}),
+    ("euler-ancestral", {"steps": 6}),
+    ("flow-sde", {"steps": 6, "lambda_min": -5.1}),
+]
+
+
+def _noise(seed: int = 0) -> Tensor:
+    return torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(("name", "params"), CASES, ids=[f"{n}-{p}" for n, p in CASES])
+def test_sample_equals_the_last_state_of_iterate(name: str, params: dict[str, Any]) -> None:
+    sampler = ddkit.create("sampler", name, **params)
+    d_iter, d_sample = make_denoiser(), make_denoiser()
+    states = list(sampler.iterate(d_iter, _noise(), generator=torch.Generator().manual_seed(1)))
+    nfe_iter = sampler.last_nfe
+    out = sampler.sample(d_sample, _noise(), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, states[-1].x)
+    assert sampler.last_nfe == nfe_iter == d_iter.nfe == d_sample.nfe > 0
+    # A second call reuses the remembered plan and coefficients: the same sample again.
+    again = sampler.sample(make_denoiser(), _noise(), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(again, out)
+
+
+def test_sample_refuses_a_non_finite_result() -> None:
+    class NaNAtTheEnd(Elementwise):
+        def __call__(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
+            out = super().__call__(x, t, **kwargs)
+            return out * float("nan") if float(t.max()) < 1 else out
+
+    sampler = ddkit.create("sampler", "ddim", steps=5, lambda_min=None)
+    with pytest.raises(NonFiniteError, match="NaN or infinite after its last step"):
+        sampler.sample(make_denoiser(model=NaNAtTheEnd(learned=False, total=40)), _noise())
+
+
+def test_the_final_check_lets_a_huge_finite_sample_through() -> None:
+    # The sum of these overflows float32 although every element is finite: the exact check decides.
+    huge = torch.full((3, 2, 4, 4), 3e37)
+    assert not torch.isfinite(huge.sum())
+    _check_final("ddim", SamplerState(step=4, t=0.0, x=huge, x0=huge, nfe=5), 5)
+    bad = huge.clone()
+    bad[1, 0, 0, 0] = float("inf")
+    with pytest.raises(NonFiniteError, match="in 1 of 3 samples"):
+        _check_final("ddim", SamplerState(step=4, t=0.0, x=bad, x0=bad, nfe=5), 5)
+    _check_final("ddim", SamplerState(step=3, t=0.0, x=bad, x0=bad, nfe=4), 5)  # not the last step
+
+
+def test_a_changed_setting_is_not_served_from_the_remembered_plan() -> None:
+    for name in ("ddim", "dpm-solver++", "euler"):
+        sampler = ddkit.create("sampler", name, steps=6)
+        sampler.sample(make_denoiser(), _noise())
+        assert sampler.last_nfe == 6
+        sampler.steps = 4
+        sampler.sample(make_denoiser(), _noise())
+        assert sampler.last_nfe == 4, name
+    ddim = ddkit.create("sampler", "ddim", steps=6)
+    deterministic = ddim.sample(make_denoiser(), _noise(), generator=torch.Generator().manual_seed(2))
+    ddim.eta = 1.0
+    noisy = ddim.sample(make_denoiser(), _noise(), generator=torch.Generator().manual_seed(2))
+    assert not torch.equal(deterministic, noisy)
+
+
+def test_with_process_copies_what_a_rebuilt_denoiser_would_hold() -> None:
+    class Labelled(Elementwise):
+        def __call__(self, x: Tensor, t: Tensor, **conditioning: Any) -> Tensor:
+            labels: Tensor = conditioning["y"]
+            return super().__call__(x, t) + labels.reshape(-1, 1, 1, 1)
+
+    base = make_denoiser()
+    labels = torch.tensor([0.0, 1.0, 2.0])
+    d = Denoiser(Labelled(), base.parameterization, base.process, conditioning={"y": labels})
+    chain = d.process.respace([0, 10, 20, 39])
+    fn = torch.tanh
+    copy = d.with_process(chain, clip_denoised=True, denoised_fn=fn)
+    assert copy.process is chain
+    assert copy.nfe == 0
+    assert copy.clip_denoised is True
+    assert copy.denoised_fn is fn
+    assert (copy.spec, copy.forms, copy.guidances) == (d.spec, d.forms, d.guidances)
+    # Its conditioning is its own: changing one denoiser's leaves the other's alone.
+    copy.conditioning["extra"] = 1
+    assert "extra" not in d.conditioning
+    assert copy.conditioning["y"] is labels
+    # clip_denoised=None means the parameterization's setting, as in the constructor.
+    assert d.with_process(chain, clip_denoised=None).clip_denoised == d.parameterization.clip_denoised
+    rebuilt = Denoiser(d.model, d.parameterization, chain, conditioning={"y": labels}, clip_denoised=True)
+    rebuilt.denoised_fn = fn
+    x = _noise()
+    assert torch.equal(copy(x, 2).x0, rebuilt(x, 2).x0)
+    assert (copy.nfe, d.nfe) == (1, 0)
