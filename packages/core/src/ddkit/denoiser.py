@@ -173,9 +173,14 @@ class Denoiser:
         ``posterior=True`` also fills the reverse transition's mean and variance.
         """
         process = self.process
-        x_in, model_t = self.model_input(x, t, alpha_bar)
+        # model_input and model_output inlined: this runs once per model evaluation.
+        if self._model_input is not None:
+            x_in, model_t = self._model_input(process, x, t, alpha_bar)
+        else:
+            x_in, model_t = x, process.model_timesteps(t, x.shape[0], x.device)
         self.nfe += 1
-        output = self._guided_model(x_in, model_t, **self._model_conditioning)
+        cond = self._model_conditioning
+        output = self._guided_model(x_in, model_t, **cond) if cond else self._guided_model(x_in, model_t)
         pred = self.parameterization.predict(
             process,
             output,
