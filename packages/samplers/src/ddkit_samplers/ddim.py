@@ -10,7 +10,7 @@ from typing import Any
 from torch import Tensor
 
 from ddkit.denoiser import Denoiser
-from ddkit.diffusion.process import GaussianProcess
+from ddkit.diffusion import GaussianProcess
 from ddkit.errors import CompositionError
 from ddkit.protocols import SamplerState
 from ddkit.sampling import DEFAULT_LAMBDA_MIN, Plan, Run, SamplerBase, Spacing, Transition, real
