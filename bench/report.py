@@ -248,7 +248,9 @@ def render_sampler_overhead(
         "Python per evaluation; diffusers' steps are mostly many small scalar-tensor ops. Where "
         "diffusers' step is itself one fused update (flow matching's Euler, x + dt·v; Heun), the "
         "passes alone exceed 0.3× of it; on a rectified-flow path ddkit's chain is the "
-        "variance-preserving x (one more pass to scale the model's input).",
+        "variance-preserving x (one more pass to scale the model's input). On a loaded machine the "
+        "ratios move by a few hundredths between runs, the ones without the noise draw more (they "
+        "subtract a draw timed on its own).",
     ]
     png = files / "sampler_overhead.png"
     if _bar_plot(rows, png):
