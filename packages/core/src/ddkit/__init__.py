@@ -39,7 +39,7 @@ if TYPE_CHECKING:
         TimestepResampler,
         model_spec,
     )
-    from ddkit.sampling import SamplingWarning
+    from ddkit.sampling import SamplingWarning, fit_spacing
     from ddkit.training import Trainer
     from ddkit.trajectory import Trajectory
 
@@ -75,6 +75,7 @@ __all__ = [
     "UnknownPluginError",
     "create",
     "describe",
+    "fit_spacing",
     "hookimpl",
     "model_spec",
     "names",
@@ -84,6 +85,7 @@ __all__ = [
 _LAZY = {
     "Pipeline": "ddkit.pipeline",
     "SamplingWarning": "ddkit.sampling",
+    "fit_spacing": "ddkit.sampling",
     "Trainer": "ddkit.training",
     "Prediction": "ddkit.prediction",
     "Trajectory": "ddkit.trajectory",

@@ -22,6 +22,7 @@ from ddkit.sampling.base import (
     positive_int,
     real,
 )
+from ddkit.sampling.fitted import fit_spacing
 from ddkit.sampling.noise import check_generator, randn
 from ddkit.sampling.spacing import (
     SPACINGS,
@@ -50,6 +51,7 @@ __all__ = [
     "check_spacing",
     "continuous_schedule",
     "discrete_timesteps",
+    "fit_spacing",
     "gaussian_log_density",
     "gaussian_log_prob",
     "karras_sigmas",
