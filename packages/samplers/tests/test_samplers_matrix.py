@@ -192,7 +192,7 @@ def test_ddpm_uses_guided_diffusion_section_spacing_and_ddim_its_ddim_stride() -
     ddkit.create("sampler", "ddim", steps=600, lambda_min=None).sample(big, torch.randn(1, 2))
     assert [int(t[0]) for _, t in model.calls] == list(range(599, -1, -1))
     model.calls.clear()
-    ddkit.create("sampler", "plms", steps=49).sample(big, torch.randn(1, 2))
+    ddkit.create("sampler", "plms", steps=49, spacing="leading").sample(big, torch.randn(1, 2))
     fed = [int(t[0]) for _, t in model.calls]
     assert fed[:4] == [960, 940, 940, 920]  # the first step also evaluates at its end
     with pytest.raises(ValueError, match="ddim600"):

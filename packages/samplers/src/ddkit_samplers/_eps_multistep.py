@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ddkit.denoiser import Denoiser
 from ddkit.protocols import SamplerState
-from ddkit.sampling import DEFAULT_LAMBDA_MIN, Plan, Run, SamplerBase, Spacing
+from ddkit.sampling import Plan, Run, SamplerBase, Spacing
 from ddkit_samplers.dpm_solver import sigma_plan
 
 __all__ = ["EpsMultistep"]
@@ -42,7 +42,7 @@ class EpsMultistep(SamplerBase):
         spacing: Spacing | None = None,
         order: int = 3,
         lower_order_final: bool = True,
-        lambda_min: float | None = DEFAULT_LAMBDA_MIN,
+        lambda_min: float | Literal["auto"] | None = "auto",
         final_sigma: Literal["zero", "min"] = "zero",
         clip_denoised: bool | None = None,
         dynamic_threshold: float | None = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor
 
@@ -13,7 +13,7 @@ from ddkit.denoiser import Denoiser
 from ddkit.diffusion import GaussianProcess
 from ddkit.errors import CompositionError
 from ddkit.protocols import SamplerState
-from ddkit.sampling import DEFAULT_LAMBDA_MIN, Plan, Run, SamplerBase, Spacing, Transition, real
+from ddkit.sampling import Plan, Run, SamplerBase, Spacing, Transition, real
 
 __all__ = ["DDIM"]
 
@@ -60,7 +60,7 @@ class DDIM(SamplerBase):
         dynamic_threshold: float | None = None,
         denoised_fn: Callable[[Tensor], Tensor] | None = None,
         return_log_prob: bool = False,
-        lambda_min: float | None = DEFAULT_LAMBDA_MIN,
+        lambda_min: float | Literal["auto"] | None = "auto",
     ) -> None:
         super().__init__(
             steps=steps,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from ddkit.denoiser import Denoiser
-from ddkit.sampling import DEFAULT_LAMBDA_MIN, Plan, SamplerBase, Spacing, Transition
+from ddkit.sampling import Plan, SamplerBase, Spacing, Transition
 
 __all__ = ["DDPM"]
 
@@ -46,7 +46,7 @@ class DDPM(SamplerBase):
         dynamic_threshold: float | None = None,
         denoised_fn: Callable[[Tensor], Tensor] | None = None,
         return_log_prob: bool = False,
-        lambda_min: float | None = DEFAULT_LAMBDA_MIN,
+        lambda_min: float | Literal["auto"] | None = "auto",
     ) -> None:
         super().__init__(
             steps=steps,

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.polynomial.polynomial import polymul, polyval
 from torch import Tensor
 
-from ddkit.sampling import DEFAULT_LAMBDA_MIN, Plan, Spacing, sigmas_of
+from ddkit.sampling import Plan, Spacing, sigmas_of
 from ddkit_samplers._eps_multistep import EpsMultistep
 
 __all__ = ["DEIS"]
@@ -51,16 +51,17 @@ class DEIS(EpsMultistep):
 
     ``order`` 1–3 (1 is DDIM); ``basis`` "logrho" (diffusers) or "t"; ``lower_order_final``
     lowers the last steps' order in runs of fewer than 15 steps. Spacings, ``lambda_min`` and
-    ``final_sigma`` as :class:`DPMSolverPP`. Default: 20 steps on the time-uniform ``"leading"`` grid
-    from λ = −5.1, the last landing on σ = 0 (the robust choice for trained models, as for
-    :class:`~ddkit_samplers.ipndm.IPNDM`). ``spacing="linspace", final_sigma="min", lambda_min=None`` is
-    diffusers' default grid. NFE = steps.
+    ``final_sigma`` as :class:`DPMSolverPP`. Default: 20 steps on Karras σ's (``"karras"``) from
+    ``lambda_min="auto"``, the last landing on σ = 0: the best of the named grids for DEIS at 10 and
+    20 evaluations on linear and cosine chains (bench/quality_vs_nfe.py --exact).
+    ``spacing="linspace", final_sigma="min", lambda_min=None`` is diffusers' default grid. NFE = steps.
 
     .. versionadded:: 0.2.0
     """
 
     name = "deis"
     max_order = 3
+    default_spacing = "karras"
 
     def __init__(
         self,
@@ -70,7 +71,7 @@ class DEIS(EpsMultistep):
         order: int = 3,
         basis: Literal["logrho", "t"] = "logrho",
         lower_order_final: bool = True,
-        lambda_min: float | None = DEFAULT_LAMBDA_MIN,
+        lambda_min: float | Literal["auto"] | None = "auto",
         final_sigma: Literal["zero", "min"] = "zero",
         clip_denoised: bool | None = None,
         dynamic_threshold: float | None = None,

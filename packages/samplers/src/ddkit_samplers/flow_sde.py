@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from torch import Tensor
@@ -48,7 +48,7 @@ class FlowSDE(SamplerBase):
         dynamic_threshold: float | None = None,
         denoised_fn: Callable[[Tensor], Tensor] | None = None,
         return_log_prob: bool = False,
-        lambda_min: float | None = None,
+        lambda_min: float | Literal["auto"] | None = None,
     ) -> None:
         super().__init__(
             steps=steps,

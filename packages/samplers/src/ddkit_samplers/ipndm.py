@@ -12,7 +12,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from ddkit.sampling import DEFAULT_LAMBDA_MIN, Plan, Spacing
+from ddkit.sampling import Plan, Spacing
 from ddkit_samplers._eps_multistep import EpsMultistep
 
 __all__ = ["IPNDM"]
@@ -26,17 +26,16 @@ class IPNDM(EpsMultistep):
 
     ``order`` 1–4 (default 4); ``lower_order_final`` lowers the last steps' order in runs of
     fewer than 15 steps. Spacings, ``lambda_min`` and ``final_sigma`` as :class:`DPMSolverPP`.
-    Default: 20 steps on the time-uniform ``"leading"`` grid (steps + 1 points, the t = 0 end
-    replaced by σ = 0) from λ = −5.1: on a trained 2-D toy it keeps sliced Wasserstein at the data
-    floor from NFE 5 (0.12 against 0.36 on log-SNR steps, which spend more evaluations where a
-    trained ε is least accurate); with an exact model ``spacing="logsnr"`` or ``"karras"`` and
-    ``lambda_min`` ≈ −3 do better (bench/quality_vs_nfe.py). NFE = steps.
+    Default: 20 steps uniform in log-SNR (``"logsnr"``, steps + 1 points, the last landing on
+    σ = 0) from ``lambda_min="auto"``: within 1.6× of its best settings at 10 and 20 evaluations
+    on linear and cosine chains (bench/quality_vs_nfe.py --exact). NFE = steps.
 
     .. versionadded:: 0.2.0
     """
 
     name = "ipndm"
     max_order = 4
+    default_spacing = "logsnr"
 
     def __init__(
         self,
@@ -45,7 +44,7 @@ class IPNDM(EpsMultistep):
         spacing: Spacing | None = None,
         order: int = 4,
         lower_order_final: bool = False,
-        lambda_min: float | None = DEFAULT_LAMBDA_MIN,
+        lambda_min: float | Literal["auto"] | None = "auto",
         final_sigma: Literal["zero", "min"] = "zero",
         clip_denoised: bool | None = None,
         dynamic_threshold: float | None = None,

@@ -19,7 +19,6 @@ from torch import Tensor
 from ddkit.denoiser import Denoiser
 from ddkit.protocols import SamplerState
 from ddkit.sampling import (
-    DEFAULT_LAMBDA_MIN,
     Plan,
     Run,
     SamplerBase,
@@ -58,7 +57,7 @@ class _Karras(SamplerBase):
         clip_denoised: bool | None,
         dynamic_threshold: float | None,
         denoised_fn: Callable[[Tensor], Tensor] | None,
-        lambda_min: float | None,
+        lambda_min: float | Literal["auto"] | None,
         return_log_prob: bool = False,
     ) -> None:
         super().__init__(
@@ -118,7 +117,7 @@ class _ChurnSolver(_Karras):
         s_tmin: float = 0.0,
         s_tmax: float = float("inf"),
         s_noise: float = 1.0,
-        lambda_min: float | None = DEFAULT_LAMBDA_MIN,
+        lambda_min: float | Literal["auto"] | None = "auto",
         clip_denoised: bool | None = None,
         dynamic_threshold: float | None = None,
         denoised_fn: Callable[[Tensor], Tensor] | None = None,
@@ -170,8 +169,8 @@ class Euler(_ChurnSolver):
 
     ``s_churn`` > 0 adds noise before each step where S_tmin ≤ σ ≤ S_tmax (Alg. 2); the
     defaults are deterministic. Default: 50 steps at stride ⌊T'/N⌋ from t = 0 (diffusers'
-    ``"leading"``) over the T' training steps with half log-SNR λ ≥ ``lambda_min`` = −5.1 (all
-    three Karras samplers): the best of the named grids for a first-order step at 5–20
+    ``"leading"``) over the T' training steps with half log-SNR λ ≥ ``lambda_min`` ("auto": see
+    :func:`ddkit.sampling.auto_lambda_min`): the best of the named grids for a first-order step at 5–20
     evaluations on linear and cosine chains (sliced Wasserstein to the exact solution on a 2-D
     toy, cosine NFE 10: 0.039 against 0.105 on Karras σ's, bench/quality_vs_nfe.py --exact).
     ``spacing="karras", lambda_min=None`` is diffusers' ``use_karras_sigmas``. NFE = steps.
@@ -187,21 +186,21 @@ class Heun(_ChurnSolver):
     """Heun's 2nd-order method (Karras et al. 2022, Alg. 2): an Euler step corrected by the slope at its end.
 
     The step into σ = 0 stays an Euler step, so NFE = 2·steps − 1. Churn parameters as
-    :class:`Euler`; default: 25 steps on the ``"leading"`` grid from λ = −5.1 (cosine, NFE 5 / 9:
-    sliced Wasserstein 0.12 / 0.05 to the exact solution of the 2-D toy, against 1.06 / 0.08 on
-    Karras σ's). ``form="sigma"`` is Alg. 2's trapezoid in σ, as diffusers' and k-diffusion's
-    Heun; it diverges when a step shrinks σ many-fold (its correction weighs (σ − σ')/2σ' times
-    the slope at σ'; few-step runs on any schedule: sliced Wasserstein 4.5 at NFE 5 on a 2-D
-    toy). The default ``"exponential"`` takes the same two slopes as x̂_0's linear in
-    λ = −log σ and integrates exactly (a 2nd-order exponential integrator, Lu et al. 2022), whose
-    correction weight stays below 1.
+    :class:`Euler`; default: 25 steps uniform in log-SNR (``"logsnr"``) from ``lambda_min="auto"``,
+    within 1.3× of its best named grid at 10 and 20 evaluations on linear and cosine chains, where
+    time-uniform steps reach 2.5× on linear (bench/quality_vs_nfe.py --exact). ``form="sigma"``
+    is Alg. 2's trapezoid in σ, as diffusers' and k-diffusion's Heun; it diverges when a step
+    shrinks σ many-fold (its correction weighs (σ − σ')/2σ' times the slope at σ'; few-step runs on
+    any schedule: sliced Wasserstein 4.5 at NFE 5 on a 2-D toy). The default ``"exponential"``
+    takes the same two slopes as x̂_0's linear in λ = −log σ and integrates exactly (a 2nd-order
+    exponential integrator, Lu et al. 2022), whose correction weight stays below 1.
 
     .. versionadded:: 0.1.0
     """
 
     name = "heun"
     default_steps = 25
-    default_spacing = "leading"
+    default_spacing = "logsnr"
     second_order = True
 
     def __init__(
@@ -214,7 +213,7 @@ class Heun(_ChurnSolver):
         s_tmin: float = 0.0,
         s_tmax: float = float("inf"),
         s_noise: float = 1.0,
-        lambda_min: float | None = DEFAULT_LAMBDA_MIN,
+        lambda_min: float | Literal["auto"] | None = "auto",
         clip_denoised: bool | None = None,
         dynamic_threshold: float | None = None,
         denoised_fn: Callable[[Tensor], Tensor] | None = None,
@@ -257,7 +256,7 @@ class EulerAncestral(_Karras):
         spacing: Spacing | None = None,
         eta: float = 1.0,
         s_noise: float = 1.0,
-        lambda_min: float | None = DEFAULT_LAMBDA_MIN,
+        lambda_min: float | Literal["auto"] | None = "auto",
         clip_denoised: bool | None = None,
         dynamic_threshold: float | None = None,
         denoised_fn: Callable[[Tensor], Tensor] | None = None,

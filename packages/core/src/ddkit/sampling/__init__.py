@@ -10,12 +10,14 @@ generators, image-to-image, inpainting, callbacks, progress bars and NFE countin
 from __future__ import annotations
 
 from ddkit.sampling.base import (
+    AUTO_START_SIGNAL,
     DEFAULT_LAMBDA_MIN,
     Plan,
     Run,
     SamplerBase,
     SamplingWarning,
     Transition,
+    auto_lambda_min,
     check_reduction,
     gaussian_log_density,
     gaussian_log_prob,
@@ -38,6 +40,7 @@ from ddkit.sampling.spacing import (
 )
 
 __all__ = [
+    "AUTO_START_SIGNAL",
     "DEFAULT_LAMBDA_MIN",
     "SPACINGS",
     "Plan",
@@ -46,6 +49,7 @@ __all__ = [
     "SamplingWarning",
     "Spacing",
     "Transition",
+    "auto_lambda_min",
     "check_generator",
     "check_reduction",
     "check_spacing",

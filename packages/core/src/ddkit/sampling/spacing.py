@@ -207,8 +207,8 @@ def discrete_timesteps(
     """The sorted training steps a discrete sampler (DDPM, DDIM, PLMS) visits.
 
     ``steps=None`` keeps all T steps; ``spacing=None`` uses ``default``. ``"karras"`` and
-    ``"logsnr"`` round their continuous timesteps to integers and drop repeats, so they may
-    give fewer than ``steps`` steps.
+    ``"logsnr"`` round their continuous timesteps to integers and move repeats to the nearest
+    free steps, so they give ``steps`` distinct steps.
     """
     num_timesteps = int(np.asarray(alphas_cumprod).shape[0])
     if not isinstance(spacing, str):
@@ -228,7 +228,22 @@ def discrete_timesteps(
     if spacing in ("linspace", "leading", "trailing"):
         return sorted({int(v) for v in _grid(spacing, steps, num_timesteps)})
     _, t = continuous_schedule(spacing, steps, alphas_cumprod)
-    return sorted({int(v) for v in np.clip(np.round(t), 0, num_timesteps - 1)})
+    return _distinct_steps(np.round(t), num_timesteps)
+
+
+def _distinct_steps(levels: np.ndarray, num_timesteps: int) -> list[int]:
+    """Rounded levels made distinct training steps, each moved to the nearest free one in order.
+
+    Dense grids (log-SNR or Karras near t = 0) round several levels onto one step; moving the
+    repeats up (then, past the top, down) keeps the grid's shape and the number of steps asked for.
+    """
+    steps = sorted(int(v) for v in np.clip(levels, 0, num_timesteps - 1))
+    for i in range(1, len(steps)):
+        steps[i] = max(steps[i], steps[i - 1] + 1)
+    steps[-1] = min(steps[-1], num_timesteps - 1)
+    for i in range(len(steps) - 2, -1, -1):
+        steps[i] = min(steps[i], steps[i + 1] - 1)
+    return steps
 
 
 def continuous_schedule(
