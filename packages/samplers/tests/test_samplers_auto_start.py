@@ -83,3 +83,26 @@ def test_dense_grids_round_to_as_many_distinct_steps_as_asked(spacing: str) -> N
         assert kept == sorted(set(kept))
         assert kept[0] >= 0
         assert kept[-1] <= 999
+
+
+def walked(name: str, **params: object) -> list[float]:
+    d = make_denoiser(betas=cosine_betas(1000), model=Sized((2,), 1000))
+    return [float(s.t) for s in ddkit.create("sampler", name, **params).iterate(d, torch.randn(2, 2))]
+
+
+@pytest.mark.parametrize(
+    ("name", "few", "many"),
+    [("dpm-solver++", "leading", "logsnr"), ("heun", "leading", "logsnr"), ("plms", "ddim", "logsnr")],
+)
+def test_under_8_steps_the_default_grid_is_time_uniform(name: str, few: str, many: str) -> None:
+    for steps in (3, 7):
+        assert walked(name, steps=steps) == walked(name, steps=steps, spacing=few)
+    for steps in (8, 20):
+        assert walked(name, steps=steps) == walked(name, steps=steps, spacing=many)
+    assert walked(name, steps=5) != walked(name, steps=5, spacing=many)
+
+
+def test_the_sde_takes_time_uniform_steps_by_default() -> None:
+    sde = walked("dpm-solver++", sde=True, steps=20)
+    assert sde == walked("dpm-solver++", sde=True, steps=20, spacing="leading")
+    assert sde != walked("dpm-solver++", steps=20)

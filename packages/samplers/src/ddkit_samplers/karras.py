@@ -186,9 +186,10 @@ class Heun(_ChurnSolver):
     """Heun's 2nd-order method (Karras et al. 2022, Alg. 2): an Euler step corrected by the slope at its end.
 
     The step into σ = 0 stays an Euler step, so NFE = 2·steps − 1. Churn parameters as
-    :class:`Euler`; default: 25 steps uniform in log-SNR (``"logsnr"``) from ``lambda_min="auto"``,
-    within 1.3× of its best named grid at 10 and 20 evaluations on linear and cosine chains, where
-    time-uniform steps reach 2.5× on linear (bench/quality_vs_nfe.py --exact). ``form="sigma"``
+    :class:`Euler`; default: 25 steps uniform in log-SNR (``"logsnr"``; ``"leading"`` under 8
+    steps) from ``lambda_min="auto"``, within 1.3× of its best named grid at 10 and 20 evaluations
+    on linear and cosine chains, where time-uniform steps reach 2.5× on linear
+    (bench/quality_vs_nfe.py --exact). ``form="sigma"``
     is Alg. 2's trapezoid in σ, as diffusers' and k-diffusion's Heun; it diverges when a step
     shrinks σ many-fold (its correction weighs (σ − σ')/2σ' times the slope at σ'; few-step runs on
     any schedule: sliced Wasserstein 4.5 at NFE 5 on a 2-D toy). The default ``"exponential"``
@@ -201,6 +202,7 @@ class Heun(_ChurnSolver):
     name = "heun"
     default_steps = 25
     default_spacing = "logsnr"
+    few_steps_spacing = "leading"
     second_order = True
 
     def __init__(

@@ -38,6 +38,7 @@ class PLMS(SamplerBase):
     guidance_forms = ("model", "score")
     default_steps = 50
     default_spacing = "logsnr"
+    few_steps_spacing = "ddim"
     epsilon_form = True
 
     def __init__(
@@ -58,12 +59,6 @@ class PLMS(SamplerBase):
             denoised_fn=denoised_fn,
             lambda_min=lambda_min,
         )
-
-    def _resolved_spacing(self) -> Spacing:
-        """Log-SNR steps, or guided-diffusion's ``"ddimN"`` stride for runs under 8 steps (measured)."""
-        if self.spacing is None and (self._resolved_steps() or 8) < 8:
-            return "ddim"
-        return super()._resolved_spacing()
 
     def _plan(self, denoiser: Denoiser) -> Plan:
         return self._chain_plan(denoiser)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from ddkit.sampling.base import (
     AUTO_START_SIGNAL,
     DEFAULT_LAMBDA_MIN,
+    FEW_STEPS,
     Plan,
     Run,
     SamplerBase,
@@ -42,6 +43,7 @@ from ddkit.sampling.spacing import (
 __all__ = [
     "AUTO_START_SIGNAL",
     "DEFAULT_LAMBDA_MIN",
+    "FEW_STEPS",
     "SPACINGS",
     "Plan",
     "Run",
