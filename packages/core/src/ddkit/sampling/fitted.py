@@ -101,7 +101,7 @@ def fit_spacing(
     from the sampler's start). The grid's top level (where sampling starts) is the sampler's
     default one; the others move as half log-SNR positions between it and the chain's clean end,
     by a coordinate search from the sampler's default grid, kept only where they lower the
-    objective. A step that no longer changes the grid ends the search early.
+    objective; it stops after ``budget`` new grids, or once its moves shrink below 0.1% of a gap.
 
     Cost: ``teacher_steps`` evaluations plus about ``budget × steps`` (``budget`` defaults to
     ``10 × steps`` candidate grids, so about 10 × steps² model evaluations) of a batch of
