@@ -42,3 +42,38 @@ def test_a_launch_without_torchrun_variables_is_explained(monkeypatch: pytest.Mo
         distributed.init_from_env()
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert distributed.local_rank() == 3
+
+
+def test_leave_ends_only_the_group_ddkit_joined(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    # A group the caller made is theirs: leave() keeps it.
+    store = dist.HashStore()
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        assert distributed.init_from_env() is True  # reuses it
+        distributed.leave()
+        assert distributed.is_distributed()
+    finally:
+        dist.destroy_process_group()
+    # One that init_from_env created is ended by leave() (as `ddkit train`/`sample` do at exit).
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setattr(distributed, "env_world_size", lambda: 2)
+    monkeypatch.setattr(
+        dist,
+        "init_process_group",
+        lambda **kw: dist.distributed_c10d.init_process_group(
+            "gloo", store=dist.HashStore(), rank=0, world_size=1
+        ),
+    )
+    assert distributed.init_from_env() is True
+    distributed.leave()
+    assert not distributed.is_distributed()

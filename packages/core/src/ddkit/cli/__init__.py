@@ -78,3 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """End a torchrun process group the command joined (only if it imported the module at all)."""
+    module = sys.modules.get("ddkit.training.distributed")
+    if module is not None:
+        module.leave()

@@ -26,6 +26,7 @@ __all__ = [
     "init_from_env",
     "is_distributed",
     "is_main_process",
+    "leave",
     "local_rank",
     "rank",
     "world_size",
@@ -100,7 +101,25 @@ def init_from_env(backend: str | None = None) -> bool:
     if backend == "nccl":
         torch.cuda.set_device(default_device())
     dist.init_process_group(backend=backend, init_method="env://")
+    global _joined
+    _joined = True
     return True
+
+
+#: Whether :func:`init_from_env` created the current process group (so :func:`leave` may end it).
+_joined = False
+
+
+def leave() -> None:
+    """Destroy the process group :func:`init_from_env` created (a caller's own group is kept).
+
+    The ``ddkit`` commands call it when they finish: a gloo group left to interpreter exit can
+    abort the process ("terminate called without an active exception").
+    """
+    global _joined
+    if _joined and is_distributed():
+        dist.destroy_process_group()
+    _joined = False
 
 
 def barrier() -> None:
