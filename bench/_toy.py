@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+import ddkit
 from ddkit.denoiser import Denoiser
 from ddkit.diffusion import GaussianParameterization, GaussianProcess
 
@@ -56,7 +57,12 @@ def betas_for(schedule: str, T: int = 1000) -> np.ndarray:
 
 
 class ToyMLP(nn.Module):
-    """ε(x, t) for 2-D points: x and a sinusoidal embedding of t through a SiLU MLP."""
+    """ε(x, t) for 2-D points: x and a sinusoidal embedding of t through a SiLU MLP.
+
+    It declares its samples' size, as ddkit's models do (the other frameworks ignore it).
+    """
+
+    spec = ddkit.ModelSpec(2, 2, (2,), None, None)
 
     def __init__(self, hidden: int = 128, depth: int = 3, T: int = 1000) -> None:
         super().__init__()
@@ -184,8 +190,11 @@ class ExactRing(nn.Module):
 
     A fractional timestep t interpolates log σ between training steps (the inverse of
     :func:`ddkit.sampling.sigma_to_t`, and how diffusers maps σ to t), so every framework's
-    sampler sees the same network. ``calls`` counts the evaluations.
+    sampler sees the same network. ``calls`` counts the evaluations. It declares its samples'
+    size (2-D points), as ddkit's models do, so ddkit's samplers pick their start from it.
     """
+
+    spec = ddkit.ModelSpec(2, 2, (2,), None, None)
 
     def __init__(self, alphas_cumprod: np.ndarray) -> None:
         super().__init__()

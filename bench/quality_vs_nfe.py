@@ -43,6 +43,7 @@ from _toy import (
     sliced_wasserstein,
     train_toy,
 )
+from report import defaults_check
 from torch import Tensor, nn
 
 import ddkit
@@ -75,9 +76,9 @@ def ddkit_run(name: str, nfe: int, model: nn.Module, schedule: str, x_T: Tensor)
     steps = steps_for(name, nfe)
     if nfe >= T:
         # "NFE 1000": every training step the sampler's start (lambda_min) leaves.
-        from ddkit.sampling import last_timestep_above
+        from ddkit.sampling import auto_lambda_min, last_timestep_above
 
-        lam = params.get("lambda_min", -5.1)
+        lam = params.get("lambda_min", auto_lambda_min(2))  # "auto" on 2-D points
         usable = T if lam is None else last_timestep_above(GaussianProcessFor(schedule).alphas_cumprod, lam)
         grid = name in ("dpm-solver++", "ipndm", "deis")  # steps + 1 grid points
         steps = min(steps, usable - 1 if grid else usable)
@@ -168,7 +169,7 @@ EXACT_DDKIT: tuple[tuple[str, str, dict[str, Any]], ...] = (
 )
 #: What the "best settings" search varies for every sampler (on a smaller sample, then re-measured).
 SWEEP_SPACINGS: tuple[str | None, ...] = (None, "logsnr", "karras", "leading")
-SWEEP_LAMBDA: tuple[float | None, ...] = (-5.1, -3.5, -2.5)
+SWEEP_LAMBDA: tuple[float | None, ...] = (-5.1, -3.5, -2.5, -2.0)
 SWEEP_ORDERS = {"ipndm": (2, 3, 4), "deis": (2, 3), "dpm-solver++": (2, 3)}
 
 
@@ -411,6 +412,7 @@ def exact_table(payload: dict[str, Any]) -> str:
                 f"{n}: {hits[n]['settings']}" for n in EXACT_NFES if n in hits and hits[n].get("settings")
             )
             lines.append(f"| {framework} | {sampler} | " + " | ".join(cells) + f" | {settings} |")
+        lines.append("\n" + defaults_check(rows, schedule, floor))
         for nfe in EXACT_NFES:
             here = [r for r in rows if r["schedule"] == schedule and r["nfe"] == nfe]
             ours = min((r for r in here if r["framework"].startswith("ddkit")), key=lambda r: r["sw"])

@@ -410,6 +410,8 @@ def render_quality_exact(e: dict[str, Any]) -> str:
                 ["---", "---"] + ["---:"] * len(nfes) + ["---"],
             )
         )
+        if floor is not None:
+            out.append("\n" + defaults_check(here, schedule, floor))
         for n in nfes:
             at = [x for x in here if x["nfe"] == n]
             ours = [x for x in at if x["framework"].startswith("ddkit")]
@@ -422,6 +424,38 @@ def render_quality_exact(e: dict[str, Any]) -> str:
                     f"ratio {a['sw'] / b['sw']:.2f}."
                 )
     return "\n".join(out)
+
+
+#: The exact-denoiser rows of stochastic samplers (their score cannot go below the floor).
+STOCHASTIC = ("ddpm", "euler-ancestral", "dpm-solver++ sde", "dpm-solver++ sde order=3")
+
+
+def defaults_check(rows: list[dict[str, Any]], schedule: str, floor: float) -> str:
+    """Issue 19's target: each ddkit sampler at its defaults within 2× of its best settings, NFE ≥ 10.
+
+    A stochastic sampler is held to 2× the larger of its best and the floor, which no draw of
+    its own noise can beat.
+    """
+    worst: tuple[float, str] = (0.0, "")
+    for r in rows:
+        if r["schedule"] != schedule or r["framework"] != "ddkit" or r["nfe"] < 10:
+            continue
+        best = next(
+            b["sw"]
+            for b in rows
+            if (b["schedule"], b["framework"], b["sampler"], b["nfe"])
+            == (schedule, "ddkit best", r["sampler"], r["nfe"])
+        )
+        bar = max(best, floor) if r["sampler"] in STOCHASTIC else best
+        ratio = r["sw"] / bar
+        if ratio > worst[0]:
+            worst = (ratio, f"{r['sampler']} at NFE {r['nfe']}: {r['sw']:.4f} against {bar:.4f}")
+    met = "met" if worst[0] <= 2.0 else "NOT met"
+    return (
+        f"Defaults against each sampler's best settings at NFE ≥ 10 (target ≤ 2×; stochastic samplers "
+        f"against the larger of their best and the floor): {met}; the largest ratio is {worst[0]:.2f} "
+        f"({worst[1]})."
+    )
 
 
 def _sw(value: float) -> str:
