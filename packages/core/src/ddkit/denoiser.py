@@ -18,7 +18,7 @@ from ddkit.diffusion.parameterization import GaussianParameterization
 from ddkit.diffusion.process import Coef, GaussianProcess, Step
 from ddkit.errors import CompositionError
 from ddkit.prediction import Prediction
-from ddkit.protocols import GUIDANCE_FORMS, Guidance, ModelFn, declares_spec, model_spec
+from ddkit.protocols import GUIDANCE_FORMS, Guidance, ModelFn, ModelSpec, declares_spec, model_spec
 
 __all__ = ["Denoiser", "choose_form", "dynamic_threshold"]
 
@@ -88,6 +88,7 @@ class Denoiser:
         clip_denoised: bool | None = None,
         denoised_fn: Callable[[Tensor], Tensor] | None = None,
         forms: Sequence[str] | None = None,
+        spec: ModelSpec | None = None,
     ) -> None:
         self.model = model
         self.parameterization = parameterization
@@ -100,8 +101,9 @@ class Denoiser:
             forms = tuple(choose_form(g, sampler_forms) for g in self.guidances)
         self.forms = tuple(forms)
         self.nfe = 0
-        #: What the model declares (read once: :func:`~ddkit.protocols.model_spec` inspects it).
-        self.spec = spec = model_spec(model)
+        #: What the model declares (read once: :func:`~ddkit.protocols.model_spec` inspects it; ``spec``
+        #: gives it when the caller has read it for this model).
+        self.spec = spec = model_spec(model) if spec is None else spec
         # Labels given to a model that declares no classes steer a guidance (classifier guidance
         # on an unconditional network), not the network: it does not see them.
         self._model_conditioning = self.conditioning
@@ -159,6 +161,18 @@ class Denoiser:
             return x_in, model_t
         return x, self.process.model_timesteps(t, x.shape[0], x.device)
 
+    @property
+    def path_input(self) -> bool:
+        """Whether the network's input is the path's x_t = ``process.scale(t, x)``·x (no preconditioning).
+
+        A sampler that has that product already (e.g. from its own fused step) may pass it to
+        :meth:`__call__` as ``x_in`` and save the pass over x that computing it costs.
+
+        .. versionadded:: 0.2.0
+        """
+        model_input = getattr(type(self.parameterization), "model_input", None)
+        return self.process.path is not None and model_input is GaussianParameterization.model_input
+
     def model_output(self, x: Tensor, t: Step, alpha_bar: Coef | None = None) -> Tensor:
         """The raw (model-form guided) network output for x at step ``t`` of the chain."""
         x_in, model_t = self.model_input(x, t, alpha_bar)
@@ -166,15 +180,25 @@ class Denoiser:
         return self._guided_model(x_in, model_t, **self._model_conditioning)
 
     def __call__(
-        self, x: Tensor, t: Step, *, alpha_bar: Coef | None = None, posterior: bool = False
+        self,
+        x: Tensor,
+        t: Step,
+        *,
+        alpha_bar: Coef | None = None,
+        posterior: bool = False,
+        x_in: Tensor | None = None,
     ) -> Prediction:
         """Predict for ``x`` at step ``t`` (an index of the chain; fractional with ``alpha_bar``).
 
-        ``posterior=True`` also fills the reverse transition's mean and variance.
+        ``posterior=True`` also fills the reverse transition's mean and variance. ``x_in``: the
+        network's input for ``x`` when the caller has it, ``process.scale(t, x)·x`` (only where
+        :attr:`path_input`).
         """
         process = self.process
         # model_input and model_output inlined: this runs once per model evaluation.
-        if self._model_input is not None:
+        if x_in is not None:
+            model_t = process.model_timesteps(t, x.shape[0], x.device)
+        elif self._model_input is not None:
             x_in, model_t = self._model_input(process, x, t, alpha_bar)
         else:
             x_in, model_t = x, process.model_timesteps(t, x.shape[0], x.device)

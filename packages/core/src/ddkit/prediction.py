@@ -113,6 +113,19 @@ class Prediction:
             return combine(c_x + c_x0 * x0.a, x, c_x0 * x0.b, x0.y)
         return combine(c_x, x, c_x0, self.x0)
 
+    def x0_terms(self) -> tuple[float, Tensor, float, Tensor] | None:
+        """(a, x, b, y) with x̂_0 = a·x + b·y while x̂_0 is such a form with float weights, else None.
+
+        Lets a sampler fold x̂_0 into its own update (e.g. Heun's correction in one pass) instead of
+        computing it first.
+
+        .. versionadded:: 0.2.0
+        """
+        x0 = self._x0
+        if type(x0) is not Linear or type(x0.a) is not float or type(x0.b) is not float:
+            return None
+        return (x0.a, x0.x, x0.b, x0.y) if type(x0.s) is float and x0.s == 1.0 else None
+
     def replace(self, **changes: Any) -> Prediction:
         """A copy with some fields changed (guidance uses this)."""
         out = Prediction(self._x0, self._eps, self.model_output, self.mean, self.variance, self.log_variance)

@@ -549,7 +549,8 @@ class GaussianProcess:
         if isinstance(alpha_bar, Tensor):
             ab = alpha_bar.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
             return ab.rsqrt(), (1.0 / ab - 1.0).sqrt()
-        return float(np.sqrt(1.0 / alpha_bar)), float(np.sqrt(1.0 / alpha_bar - 1.0))
+        inv = 1.0 / alpha_bar  # math.sqrt: a scalar, no NumPy call per step
+        return math.sqrt(inv), math.sqrt(max(inv - 1.0, 0.0))
 
     def x0_from_eps(self, x_t: Tensor, t: Step, eps: Tensor, alpha_bar: Coef | None = None) -> Tensor:
         """x_0 = (x_t − sqrt(1 − ᾱ)·eps) / sqrt(ᾱ)."""

@@ -414,13 +414,15 @@ class Pipeline:
     def _labels_for_guidance(self) -> bool:
         return any(form in ("score", "mean") for form in self.guidance_forms)
 
-    def _conditioning(self, n: int | None, conditioning: Mapping[str, Any]) -> dict[str, Any]:
+    def _conditioning(
+        self, n: int | None, conditioning: Mapping[str, Any], spec: ModelSpec | None = None
+    ) -> dict[str, Any]:
         model = self.sampling_model
         cond = checks.normalize_conditioning(
             n,
             conditioning,
             model,
-            model_spec(model),
+            model_spec(model) if spec is None else spec,
             self._titles["model"],
             self.device,
             labels_used_elsewhere=self._labels_for_guidance(),
@@ -477,20 +479,25 @@ class Pipeline:
             n = y.shape[0]
         return self._denoiser(n, conditioning)
 
-    def _make_denoiser(self, conditioning: Mapping[str, Any]) -> Denoiser:
+    def _make_denoiser(self, conditioning: Mapping[str, Any], spec: ModelSpec | None = None) -> Denoiser:
         from ddkit.pipeline.compile import sampling_model
 
+        model = sampling_model(self)  # compiled when the config says [model] compile = true
         return Denoiser(
-            sampling_model(self),  # compiled when the config says [model] compile = true
+            model,
             self.parameterization,
             self.process,
             guidances=self.guidances,
             forms=self.guidance_forms,
             conditioning=conditioning,
+            spec=spec if model is self.sampling_model else None,
         )
 
-    def _denoiser(self, n: int | None, conditioning: Mapping[str, Any]) -> Denoiser:
-        denoiser = self._make_denoiser(self._conditioning(n, conditioning))
+    def _denoiser(
+        self, n: int | None, conditioning: Mapping[str, Any], spec: ModelSpec | None = None
+    ) -> Denoiser:
+        """The checked denoiser of one call (``spec``: the sampling model's, when the caller has read it)."""
+        denoiser = self._make_denoiser(self._conditioning(n, conditioning, spec), spec)
         self.sampler.check(denoiser)
         return denoiser
 
@@ -524,9 +531,13 @@ class Pipeline:
         draws = [torch.randn(self.sample_shape, generator=g, device=g.device).to(self.device) for g in gens]
         return torch.stack(draws)
 
-    def _start(self, n: int | None, x_T: Tensor | None, generator: Generator) -> tuple[int, Tensor]:
+    def _start(
+        self, n: int | None, x_T: Tensor | None, generator: Generator, spec: ModelSpec | None = None
+    ) -> tuple[int, Tensor]:
         # Before any work: n, x_T (NumPy and float64 taken), its shape and the generator.
-        n, x = checks.check_sampling_start(n, x_T, generator, self.sampling_model, self.sample_shape)
+        n, x = checks.check_sampling_start(
+            n, x_T, generator, self.sampling_model, self.sample_shape, spec=spec
+        )
         if x is not None:
             return n, x.to(self.device)
         return n, self.noise(n, generator=generator)
@@ -559,8 +570,9 @@ class Pipeline:
         guidance turns them on for itself. In a latent pipeline the states hold latents
         (:meth:`decode` turns the last one into data).
         """
-        n, x = self._start(n, x_T, generator)
-        denoiser = self._denoiser(n, conditioning)
+        spec = model_spec(self.sampling_model)  # read once per call: it inspects the model's forward
+        n, x = self._start(n, x_T, generator, spec)
+        denoiser = self._denoiser(n, conditioning, spec)
         model = self.sampling_model
         init, mask, known = self._inputs(x, init, mask, known)
         steps = self.sampler.iterate(
@@ -608,8 +620,9 @@ class Pipeline:
         :func:`~ddkit.pipeline.latent.latent_mask`), and the samples are decoded unless
         ``decode=False``, which returns the latents.
         """
-        n, x = self._start(n, x_T, generator)
-        denoiser = self._denoiser(n, conditioning)
+        spec = model_spec(self.sampling_model)  # read once per call: it inspects the model's forward
+        n, x = self._start(n, x_T, generator, spec)
+        denoiser = self._denoiser(n, conditioning, spec)
         init, mask, known = self._inputs(x, init, mask, known)
         with self._eval(self.sampling_model), torch.no_grad():
             z = self.sampler.sample(
