@@ -123,3 +123,104 @@ def test_with_process_copies_what_a_rebuilt_denoiser_would_hold() -> None:
     x = _noise()
     assert torch.equal(copy(x, 2).x0, rebuilt(x, 2).x0)
     assert (copy.nfe, d.nfe) == (1, 0)
+
+
+#: The stochastic samplers whose loop folds the transition's mean into its noise draw.
+STOCHASTIC = [
+    ("ddpm", {"steps": 6}),
+    ("euler-ancestral", {"steps": 6}),
+    ("flow-sde", {"steps": 6, "lambda_min": -5.1}),
+    ("dpm-solver++", {"steps": 6, "sde": True}),
+    ("dpm-solver++", {"steps": 6, "sde": True, "order": 3}),
+]
+
+
+@pytest.mark.parametrize("clip", [False, True], ids=["linear-x0", "clipped-x0"])
+@pytest.mark.parametrize(("name", "params"), STOCHASTIC, ids=[f"{n}-{p}" for n, p in STOCHASTIC])
+def test_fused_stochastic_steps_draw_the_transitions_gaussian(
+    name: str, params: dict[str, Any], clip: bool
+) -> None:
+    """sample()'s fused step (noise scaled in place, mean added) is mean + std·z of transition()."""
+    sampler = ddkit.create("sampler", name, **params)
+    fused = sampler.sample(make_denoiser(clip=clip), _noise(), generator=torch.Generator().manual_seed(3))
+    # With log-densities the loop walks transition() and Run.draw: the same noise, drawn in the same order.
+    states = list(
+        sampler.iterate(
+            make_denoiser(clip=clip),
+            _noise(),
+            generator=torch.Generator().manual_seed(3),
+            return_log_prob=True,
+        )
+    )
+    assert states[0].log_prob is not None  # (so these states came from transition() and Run.draw)
+    torch.testing.assert_close(fused, states[-1].x, rtol=1e-5, atol=1e-5)
+    other_seed = sampler.sample(
+        make_denoiser(clip=clip), _noise(), generator=torch.Generator().manual_seed(4)
+    )
+    assert not torch.allclose(fused, other_seed)
+
+
+class _Smooth(torch.nn.Module):
+    """A smooth stand-in for a velocity network (depends on x and t, so every step matters)."""
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return torch.tanh(x) * 0.5 + 0.01 * t.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def _path_denoiser(schedule: str = "rectified-flow") -> Denoiser:
+    pipe = ddkit.Pipeline.from_config(
+        {
+            "schedule": {"name": schedule, "timesteps": 1000},
+            "parameterization": {"name": "velocity", "clip_denoised": False},
+            "sampler": {"name": "euler", "steps": 5},
+        },
+        model=_Smooth(),
+    )
+    return Denoiser(pipe.model.double(), pipe.parameterization, pipe.process)
+
+
+@pytest.mark.parametrize("schedule", ["rectified-flow", "vp-continuous"])
+def test_euler_on_a_path_carries_the_network_input_between_steps(
+    schedule: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = _path_denoiser(schedule)
+    assert d.path_input
+    assert not make_denoiser().path_input  # a discrete chain: the input is x itself
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    mask[..., :2] = 1.0
+    known = torch.full_like(x, 0.3)
+    sampler = ddkit.create("sampler", "euler", steps=12)
+    carried = sampler.sample(d, x)
+    inpainted = sampler.sample(d, x, mask=mask, known=known)
+    # The same steps with the input scaled from x at every step (the loop every other case takes).
+    monkeypatch.setattr(Denoiser, "path_input", property(lambda self: False))
+    torch.testing.assert_close(carried, sampler.sample(d, x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        inpainted, sampler.sample(d, x, mask=mask, known=known), rtol=1e-12, atol=1e-12
+    )
+    assert not torch.allclose(carried, inpainted)
+
+
+def test_a_given_network_input_is_what_the_denoiser_would_make() -> None:
+    d = _path_denoiser()
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for t in (750, 500, 3):
+        k = float(d.process.scale(t, x))
+        assert k != 1.0
+        given, made = d(x, t, x_in=x * k), d(x, t)
+        assert torch.equal(given.model_output, made.model_output)
+        torch.testing.assert_close(given.x0, made.x0, rtol=0, atol=0)
+    assert d.nfe == 6
+
+
+def test_x_T_checks_read_one_sum_and_still_refuse_non_finite_noise() -> None:
+    from ddkit.sampling.inputs import check_x_T
+
+    huge = torch.full((3, 2, 4, 4), 3e37)  # finite, but its sum overflows: the exact check decides
+    assert check_x_T(huge) is huge
+    for bad_value in (float("nan"), float("inf"), -float("inf")):
+        bad = huge.clone()
+        bad[2, 1, 3, 3] = bad_value
+        with pytest.raises(NonFiniteError, match="in 1 of 3 samples"):
+            check_x_T(bad)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from ddkit.denoiser import Denoiser
-from ddkit.sampling import Plan, SamplerBase, Spacing, Transition
+from ddkit.protocols import SamplerState
+from ddkit.sampling import Plan, Run, SamplerBase, Spacing, Transition
 
 __all__ = ["DDPM"]
 
@@ -60,6 +61,40 @@ class DDPM(SamplerBase):
 
     def _plan(self, denoiser: Denoiser) -> Plan:
         return self._chain_plan(denoiser)
+
+    def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
+        d = plan.denoiser
+        param = d.parameterization
+        fixed = param.prediction != "previous-x" and not param.learned_variance and "mean" not in d.forms
+        if run.trace is not None or run.log_prob or not fixed:
+            return self._walk(plan, x, start, run)  # each step as a Transition (densities, rollouts)
+        return self._run_fused(plan, x, start, run)
+
+    def _run_fused(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
+        """:meth:`transition`'s fixed-variance step and its draw in one pass over the noise."""
+        d = plan.denoiser
+        chain = d.process
+        n = chain.num_timesteps
+        table = _LOG_VARIANCE["fixed_large" if d.parameterization.variance == "fixed-large" else "posterior"]
+        for k in range(start, plan.steps):
+            i = n - 1 - k
+            pred = d(x, i)
+            c1 = float(chain.coef("posterior_mean_coef1", i, x))
+            c2 = float(chain.coef("posterior_mean_coef2", i, x))
+            terms = pred.x0_terms()
+            if i == 0:
+                x_new = pred.blend_x0(c2, x, c1)
+            else:
+                std = math.exp(0.5 * float(chain.coef(table, i, x)))
+                if terms is not None and terms[1] is x:
+                    a, _, b, y = terms
+                    # std·z + (c2 + c1·a)·x + c1·b·y: the posterior mean of x̂_0 = a·x + b·y, plus noise.
+                    x_new = run.noise(x).mul_(std).add_(x, alpha=c2 + c1 * a).add_(y, alpha=c1 * b)
+                else:
+                    x_new = run.noise(x).mul_(std).add_(x, alpha=c2).add_(pred.x0, alpha=c1)
+            state = SamplerState(step=k - start, t=plan.timesteps[k], x=x_new, x0=pred, nfe=d.nfe)
+            yield state
+            x = state.x
 
     def transition(self, plan: Plan, k: int, x: Tensor, history: Any = None) -> Transition:
         """N(μ_θ(x_t), Σ_θ(x_t)) at chain step t = N − 1 − k; deterministic at t = 0."""

@@ -232,11 +232,12 @@ class DPMSolverPP(SamplerBase):
         return hit
 
     def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
-        if self.sde:
-            return self._walk(plan, x, start, run)  # noise and log-densities through run.draw
-        return self._ode(plan, x, start)
+        if self.sde and (run.trace is not None or run.log_prob):
+            return self._walk(plan, x, start, run)  # each step as a Transition (densities, rollouts)
+        return self._ode(plan, x, start, run if self.sde else None)
 
-    def _ode(self, plan: Plan, x: Tensor, start: int) -> Iterator[SamplerState]:
+    def _ode(self, plan: Plan, x: Tensor, start: int, run: Run | None = None) -> Iterator[SamplerState]:
+        """The multistep loop; with ``run`` (the SDE) :meth:`transition`'s draw folded into its step."""
         d = plan.denoiser
         sig = plan.extra
         grid = tuple(sig)
@@ -246,9 +247,14 @@ class DPMSolverPP(SamplerBase):
             s = sig[k]
             t = plan.timesteps[k]
             pred = d(x, _step_t(t), alpha_bar=1.0 / (1.0 + s * s))
-            ratio, weights, _ = coefs[k - start]
+            ratio, weights, std = coefs[k - start]
             if ratio == 0.0 and weights == (1.0,):
                 x_new = pred.x0.clone()
+            elif run is not None and std != 0.0:
+                # std·z + ratio·x + Σ w·x̂_0, accumulated in place on the fresh noise.
+                x_new = run.noise(x).mul_(std).add_(x, alpha=ratio)
+                for w, m in zip(weights, (pred.x0, *history)):
+                    x_new.add_(m, alpha=w)
             elif len(weights) == 1:
                 x_new = pred.blend_x0(ratio, x, weights[0])
             else:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import numpy as np
 from torch import Tensor
 
 from ddkit.denoiser import Denoiser
-from ddkit.sampling import Plan, SamplerBase, Spacing, Transition, real
+from ddkit.protocols import SamplerState
+from ddkit.sampling import Plan, Run, SamplerBase, Spacing, Transition, real
 
 __all__ = ["FlowSDE"]
 
@@ -76,6 +77,36 @@ class FlowSDE(SamplerBase):
 
     def transition(self, plan: Plan, k: int, x: Tensor, history: Any = None) -> Transition:
         """Step k from t_k to t_{k+1} in x's (variance-preserving) scaling; one denoiser call."""
+        c_x, c_x0, std = self._step(plan, k)
+        pred = plan.denoiser(x, plan.denoiser.process.num_timesteps - 1 - k)
+        return Transition(pred.blend_x0(c_x, x, c_x0), std, pred)
+
+    def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
+        if run.trace is not None or run.log_prob:
+            return self._walk(plan, x, start, run)  # each step as a Transition (densities, rollouts)
+        return self._run_fused(plan, x, start, run)
+
+    def _run_fused(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
+        """:meth:`transition` and its draw in one pass: the noise scaled in place, mean added to it."""
+        d = plan.denoiser
+        last = d.process.num_timesteps - 1
+        for k in range(start, plan.steps):
+            c_x, c_x0, std = self._step(plan, k)
+            pred = d(x, last - k)
+            terms = pred.x0_terms()
+            if std == 0.0:
+                x_new = pred.blend_x0(c_x, x, c_x0)
+            elif terms is not None and terms[1] is x:
+                a, _, b, y = terms
+                x_new = run.noise(x).mul_(std).add_(x, alpha=c_x + c_x0 * a).add_(y, alpha=c_x0 * b)
+            else:
+                x_new = run.noise(x).mul_(std).add_(x, alpha=c_x).add_(pred.x0, alpha=c_x0)
+            state = SamplerState(step=k - start, t=plan.timesteps[k], x=x_new, x0=pred, nfe=d.nfe)
+            yield state
+            x = state.x
+
+    def _step(self, plan: Plan, k: int) -> tuple[float, float, float]:
+        """The weights of x and x̂_0 in step k's mean, and the std of its noise."""
         times, alpha, sigma, d_alpha, d_sigma = plan.extra
         t, t_next = times[k], times[k + 1]
         a, s, a_next, s_next = alpha[k], sigma[k], alpha[k + 1], sigma[k + 1]
@@ -86,8 +117,7 @@ class FlowSDE(SamplerBase):
         b = (d_sigma[k] + 0.5 * g2 / s) * dt / s
         c_x = c * (1.0 + b) / c_next
         c_x0 = (d_alpha[k] * dt - b * a) / c_next
-        pred = plan.denoiser(x, plan.denoiser.process.num_timesteps - 1 - k)
-        return Transition(pred.blend_x0(c_x, x, c_x0), math.sqrt(g2 * -dt) / c_next, pred)
+        return c_x, c_x0, math.sqrt(g2 * -dt) / c_next
 
     def __repr__(self) -> str:
         return f"FlowSDE(noise_level={self.noise_level!r}, steps={self.steps!r}, spacing={self.spacing!r})"

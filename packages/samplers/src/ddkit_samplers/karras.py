@@ -29,6 +29,9 @@ from ddkit.sampling import (
 
 __all__ = ["Euler", "EulerAncestral", "Heun"]
 
+#: One step's timestep, ᾱ, Euler weights of x and x̂_0, next timestep and ᾱ, correction weight.
+_StepCoefs = tuple[int | float, float, float, float, int | float, float, float]
+
 
 def _vp(sigma: float) -> tuple[float, float]:
     """(sqrt(ᾱ), sqrt(1 − ᾱ)) of the noise level σ = sqrt((1 − ᾱ)/ᾱ); (0, 1) at σ = ∞ (pure noise)."""
@@ -107,6 +110,8 @@ class _ChurnSolver(_Karras):
     second_order: ClassVar[bool] = False
     #: How Heun combines its two slopes (see :class:`Heun`); Euler has one.
     form: str = "sigma"
+    #: :meth:`_step_coefficients` per grid and settings, made on first use.
+    _coefficient_cache: dict[tuple[Any, ...], list[_StepCoefs]] | None = None
 
     def __init__(
         self,
@@ -132,11 +137,49 @@ class _ChurnSolver(_Karras):
         )
         self._churn_init(s_churn, s_tmin, s_tmax, s_noise)
 
+    def _step_coefficients(self, plan: Plan) -> list[_StepCoefs]:
+        """Per step without churn: (t, ᾱ, Euler weights of x and x̂_0, t', ᾱ', correction weight).
+
+        Worked out once per grid and settings; the correction weight is 0 where the step stays Euler.
+        """
+        sig: list[float] = plan.extra
+        key = (tuple(sig), tuple(plan.timesteps), self.second_order, self.form)
+        cache = self._coefficient_cache
+        if cache is None or len(cache) > 64:
+            cache = self._coefficient_cache = {}
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+        out = []
+        times = plan.timesteps
+        for k in range(plan.steps):
+            s, s_next = sig[k], sig[k + 1]
+            (a, v), (a_next, v_next) = _vp(s), _vp(s_next)
+            corr = 0.0
+            if self.second_order and s_next > 0.0 and math.isfinite(s):
+                if self.form == "sigma":
+                    corr = (s_next - s) / (2.0 * s_next)
+                else:
+                    h = math.log(s / s_next)
+                    corr = a_next * (1.0 + math.expm1(-h) / h)
+            t_next = _step_t(times[k + 1]) if k + 1 < len(times) else 0
+            out.append(
+                (_step_t(times[k]), a * a, v_next / v, a_next - a * v_next / v, t_next, a_next * a_next, corr)
+            )
+        cache[key] = out
+        return out
+
     def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
         d = plan.denoiser
         sig = plan.extra
         n = plan.steps
         gammas = self._gammas(sig, n)
+        if not any(gammas) and (not self.second_order or self.form != "sigma"):
+            if not self.second_order and d.path_input:
+                yield from self._run_path(plan, x, start)
+            else:
+                yield from self._run_plain(plan, x, start)
+            return
         for k in range(start, n):
             x_hat, s_hat, t_hat = self._churn(plan, x, k, gammas[k], run)
             s_next = sig[k + 1]
@@ -160,6 +203,78 @@ class _ChurnSolver(_Karras):
                     c = a_next * (1.0 + math.expm1(-h) / h)
                     x_new.add_(pred2.x0, alpha=c).sub_(pred.x0, alpha=c)
             state = SamplerState(step=k - start, t=plan.timesteps[k], x=x_new, x0=pred, nfe=d.nfe)
+            yield state
+            x = state.x
+
+    def _run_path(self, plan: Plan, x: Tensor, start: int) -> Iterator[SamplerState]:
+        """Euler on a path, carrying the network's input x_t = k·x (k = ``process.scale``) between steps.
+
+        With x̂_0 = a·x + b·y the step x' = c_x·x + c_x0·x̂_0 is x_t' = w·x_t + k'·c_x0·b·y in the path's
+        scaling (w = k'·(c_x + c_x0·a)/k, 1 on rectified flow up to rounding): one pass gives the next
+        input and one more the state x' = x_t'/k', where scaling x' again would take a third.
+        """
+        d = plan.denoiser
+        process = d.process
+        times = plan.timesteps
+        coefs = self._step_coefficients(plan)
+        x_in: Tensor | None = None
+        for k in range(start, plan.steps):
+            t, ab, c_x, c_x0, t_next, _, _ = coefs[k]
+            k_t = float(process.scale(t, x))  # a float at a scalar step
+            if x_in is None:
+                x_in = x if k_t == 1.0 else x * k_t
+            pred = d(x, t, alpha_bar=ab, x_in=x_in)
+            terms = pred.x0_terms()
+            x_in_new: Tensor | None = None
+            if k + 1 >= len(times) or terms is None or terms[1] is not x:
+                x_new = pred.blend_x0(c_x, x, c_x0)  # the last step (σ' = 0), or x̂_0 not linear in x
+            else:
+                a, _, b, y = terms
+                k_next = float(process.scale(t_next, x))
+                w, beta = k_next * (c_x + c_x0 * a) / k_t, k_next * c_x0 * b
+                if abs(w - 1.0) < 1e-12:
+                    x_in_new = torch.add(x_in, y, alpha=beta)
+                else:
+                    x_in_new = torch.mul(x_in, w).add_(y, alpha=beta)
+                x_new = x_in_new if k_next == 1.0 else x_in_new / k_next
+            state = SamplerState(step=k - start, t=times[k], x=x_new, x0=pred, nfe=d.nfe)
+            yield state
+            x_in = x_in_new if state.x is x_new else None  # inpainting replaced x: scale it anew
+            x = state.x
+
+    def _run_plain(self, plan: Plan, x: Tensor, start: int) -> Iterator[SamplerState]:
+        """The loop without churn: per-grid float weights, Heun's exponential correction in one pass."""
+        d = plan.denoiser
+        times = plan.timesteps
+        coefs = self._step_coefficients(plan)
+        for k in range(start, plan.steps):
+            t, ab, c_x, c_x0, t_next, ab_next, c = coefs[k]
+            pred = d(x, t, alpha_bar=ab)
+            terms = pred.x0_terms()
+            if c == 0.0 or terms is None or terms[1] is not x:
+                x_new = pred.blend_x0(c_x, x, c_x0)
+                if c != 0.0:
+                    # The exponential form's bounded correction c·(D₂ − D₁) (see _run).
+                    pred2 = d(x_new, t_next, alpha_bar=ab_next)
+                    x_new.add_(pred2.x0, alpha=c).sub_(pred.x0, alpha=c)
+            else:
+                a1, _, b1, y1 = terms
+                # x' = c_x·x + c_x0·(a1·x + b1·y1), never forming x̂_0.
+                w_x, w_y = c_x + c_x0 * a1, c_x0 * b1
+                x_new = torch.mul(x, w_x).add_(y1, alpha=w_y)
+                pred2 = d(x_new, t_next, alpha_bar=ab_next)
+                terms2 = pred2.x0_terms()
+                if terms2 is None or terms2[1] is not x_new:
+                    x_new.add_(pred2.x0, alpha=c).sub_(pred.x0, alpha=c)
+                else:
+                    # x' + c·(a2·x' + b2·y2) − c·(a1·x + b1·y1) with x' = w_x·x + w_y·y1: three passes
+                    # over x, y1 and y2 into a fresh tensor (the model may hold on to x' or return it).
+                    a2, _, b2, y2 = terms2
+                    g = 1.0 + c * a2
+                    x_new = (
+                        torch.mul(x, g * w_x - c * a1).add_(y1, alpha=g * w_y - c * b1).add_(y2, alpha=c * b2)
+                    )
+            state = SamplerState(step=k - start, t=times[k], x=x_new, x0=pred, nfe=d.nfe)
             yield state
             x = state.x
 
@@ -277,9 +392,8 @@ class EulerAncestral(_Karras):
         self.s_noise = real("s_noise", s_noise, low=0.0)
         self.stochastic = self.eta > 0.0 and self.s_noise > 0.0
 
-    def transition(self, plan: Plan, k: int, x: Tensor, history: Any = None) -> Transition:
-        """An Euler step from σ_k down to σ_down, then N(·, (a'·σ_up·s_noise)²) in x's scaling."""
-        sig = plan.extra
+    def _step(self, sig: list[float], k: int) -> tuple[float, float, float, float]:
+        """ᾱ_k, the Euler weights of x and x̂_0 down to σ_down, and the std of the added noise."""
         s, s_next = sig[k], sig[k + 1]
         # sqrt(ᾱ) and sqrt(1 − ᾱ) of σ, finite at σ = ∞ (a path's pure-noise start: ᾱ = 0).
         a = 0.0 if math.isinf(s) else 1.0 / math.sqrt(1.0 + s * s)
@@ -288,7 +402,35 @@ class EulerAncestral(_Karras):
         q = s_next / s  # 0 at σ = ∞
         s_up = min(s_next, self.eta * s_next * math.sqrt(max(1.0 - q * q, 0.0)))
         s_down = math.sqrt(max(s_next**2 - s_up**2, 0.0))
-        pred = plan.denoiser(x, _step_t(plan.timesteps[k]), alpha_bar=a * a)
         # x̃' = x̃ + (σ_down − σ)(x̃ − D)/σ in x's scaling: weights a'·σ_down/sqrt(1 − ᾱ) and a'(1 − σ_down/σ).
-        mean = pred.blend_x0(a_next * s_down / v, x, a_next * (1.0 - s_down / s))
-        return Transition(mean, a_next * s_up * self.s_noise, pred)
+        return a * a, a_next * s_down / v, a_next * (1.0 - s_down / s), a_next * s_up * self.s_noise
+
+    def transition(self, plan: Plan, k: int, x: Tensor, history: Any = None) -> Transition:
+        """An Euler step from σ_k down to σ_down, then N(·, (a'·σ_up·s_noise)²) in x's scaling."""
+        ab, c_x, c_x0, std = self._step(plan.extra, k)
+        pred = plan.denoiser(x, _step_t(plan.timesteps[k]), alpha_bar=ab)
+        return Transition(pred.blend_x0(c_x, x, c_x0), std, pred)
+
+    def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
+        if run.trace is not None or run.log_prob:
+            return self._walk(plan, x, start, run)  # each step as a Transition (densities, rollouts)
+        return self._run_fused(plan, x, start, run)
+
+    def _run_fused(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
+        """:meth:`transition` and its draw in one pass: the noise scaled in place, mean added to it."""
+        d = plan.denoiser
+        sig, times = plan.extra, plan.timesteps
+        for k in range(start, plan.steps):
+            ab, c_x, c_x0, std = self._step(sig, k)
+            pred = d(x, _step_t(times[k]), alpha_bar=ab)
+            terms = pred.x0_terms()
+            if std == 0.0:
+                x_new = pred.blend_x0(c_x, x, c_x0)
+            elif terms is not None and terms[1] is x:
+                a, _, b, y = terms
+                x_new = run.noise(x).mul_(std).add_(x, alpha=c_x + c_x0 * a).add_(y, alpha=c_x0 * b)
+            else:
+                x_new = run.noise(x).mul_(std).add_(x, alpha=c_x).add_(pred.x0, alpha=c_x0)
+            state = SamplerState(step=k - start, t=times[k], x=x_new, x0=pred, nfe=d.nfe)
+            yield state
+            x = state.x
