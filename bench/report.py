@@ -244,13 +244,15 @@ def render_sampler_overhead(
         table(header, (cells(x) for x in rows)),
         "",
         "What a step costs: ddkit's loops make the fewest passes over the batch a step needs (DDIM 2, "
-        "Heun 4 per evaluation, DPM-Solver++ 2M and PLMS 5, each ~7–20 µs here) and about 15–25 µs of "
-        "Python per evaluation; diffusers' steps are mostly many small scalar-tensor ops. Where "
-        "diffusers' step is itself one fused update (flow matching's Euler, x + dt·v; Heun), the "
-        "passes alone exceed 0.3× of it; on a rectified-flow path ddkit's chain is the "
-        "variance-preserving x (one more pass to scale the model's input). On a loaded machine the "
-        "ratios move by a few hundredths between runs, the ones without the noise draw more (they "
-        "subtract a draw timed on its own).",
+        "Heun 5 per two evaluations, the stochastic steps 3 on top of the draw (the noise scaled in "
+        "place, the mean added to it), DPM-Solver++ 2M and PLMS 5, each ~5–15 µs here) and about "
+        "10–20 µs of Python per evaluation; diffusers' steps are mostly many small scalar-tensor ops. "
+        "Where diffusers' step is itself one fused update (flow matching's Euler, x + dt·v), the "
+        "passes alone come near it: on a rectified-flow path ddkit's chain is the "
+        "variance-preserving x, and Euler carries the network's input k·x between steps, so its step "
+        "is two passes (k·x + dt·v, then x) against diffusers' one. On a loaded machine the ratios "
+        "move by a few hundredths between runs, the ones without the noise draw more (they subtract "
+        "a draw timed on its own).",
     ]
     png = files / "sampler_overhead.png"
     if _bar_plot(rows, png):
