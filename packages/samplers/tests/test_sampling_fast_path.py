@@ -224,3 +224,13 @@ def test_x_T_checks_read_one_sum_and_still_refuse_non_finite_noise() -> None:
         bad[2, 1, 3, 3] = bad_value
         with pytest.raises(NonFiniteError, match="in 1 of 3 samples"):
             check_x_T(bad)
+
+
+def test_fractional_model_timesteps_are_cached_apart_from_integer_ones() -> None:
+    chain = make_denoiser().process.respace([0, 10, 20, 39])
+    half = chain.model_timesteps(1.5, 3, "cpu")
+    assert chain.model_timesteps(1.5, 3, torch.device("cpu")) is half  # built once, then reused
+    assert torch.equal(half, torch.full((3,), 15.0, dtype=torch.float64))  # between steps 10 and 20
+    whole, as_float = chain.model_timesteps(2, 3, "cpu"), chain.model_timesteps(2.0, 3, "cpu")
+    assert (whole.dtype, as_float.dtype) == (torch.long, torch.float64)
+    assert torch.equal(whole.double(), as_float)

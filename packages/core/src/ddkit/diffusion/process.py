@@ -196,7 +196,7 @@ class GaussianProcess:
         self._cache: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
         self._floats: dict[str, list[float]] = {}
         self._map_cache: dict[torch.device, Tensor] = {}
-        self._step_t_cache: dict[tuple[int | float, int, torch.device], Tensor] = {}
+        self._step_t_cache: dict[tuple[int | float, type, int, torch.device], Tensor] = {}
         self._points: dict[float, tuple[float, float, float, float, float, float]] = {}
         self._is_respaced = self.num_timesteps != self.original_num_steps or not np.array_equal(
             self.timestep_map, np.arange(self.num_timesteps)
@@ -281,12 +281,14 @@ class GaussianProcess:
     def model_timesteps(self, t: Step, batch: int, device: torch.device | str) -> Tensor:
         """The timesteps the network is fed for step ``t`` of this chain (training indices).
 
-        For a Python-int step the tensor is built once per (step, batch, device) and reused:
-        a sampling loop asks for the same few every call. Treat it as read-only.
+        For a Python int or float step the tensor is built once per (step, batch, device) and
+        reused: a sampling loop asks for the same few every call. Treat it as read-only.
         """
-        if type(t) is int or (type(t) is float and self.path is not None):
-            # A path's sampler revisits the same fractional steps every call: cache those too.
-            key = (t, batch, torch.device(device))
+        if type(t) is int or type(t) is float:
+            # ODE samplers revisit the same fractional steps every call (on a path or a chain of
+            # betas alike): cache those too.
+            # (the type is in the key: an int step feeds long timesteps, a float one float64)
+            key = (t, type(t), batch, device if type(device) is torch.device else torch.device(device))
             cached = self._step_t_cache.get(key)
             if cached is None:
                 if len(self._step_t_cache) > _CACHE_LIMIT:
