@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ddkit.denoiser import Denoiser
+from ddkit.diffusion import GaussianProcess
 from ddkit.protocols import SamplerState
 from ddkit.sampling import Plan, Run, SamplerBase, Spacing
 
@@ -38,6 +39,8 @@ class PLMS(SamplerBase):
     guidance_forms = ("model", "score")
     default_steps = 50
     default_spacing = "logsnr"
+    #: :meth:`_step_coefficients` of the last chain walked (the plans reuse their chain).
+    _coefficient_memo: tuple[GaussianProcess, list[tuple[float, float]]] | None = None
     few_steps_spacing = "ddim"
     epsilon_form = True
 
@@ -63,20 +66,33 @@ class PLMS(SamplerBase):
     def _plan(self, denoiser: Denoiser) -> Plan:
         return self._chain_plan(denoiser)
 
+    def _step_coefficients(self, chain: GaussianProcess) -> list[tuple[float, float]]:
+        """Per chain step i: the weights of x and of ε' in x_{i-1}, worked out once per chain.
+
+        x_{t-1} = sqrt(ᾱ_prev)·x0(ε') + sqrt(1 − ᾱ_prev)·ε', with x0(ε') read off x_t.
+        """
+        memo = self._coefficient_memo
+        if memo is not None and memo[0] is chain:
+            return memo[1]
+        # The tables as Python floats (the same values; a NumPy scalar per step costs more).
+        acs, prevs = chain.alphas_cumprod.tolist(), chain.alphas_cumprod_prev.tolist()
+        coefs = [
+            (math.sqrt(p / a), math.sqrt(1.0 - p) - math.sqrt(p * (1.0 - a) / a))
+            for a, p in zip(acs[: chain.num_timesteps], prevs[: chain.num_timesteps])
+        ]
+        self._coefficient_memo = (chain, coefs)
+        return coefs
+
     def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
         d = plan.denoiser
         chain = d.process
         n = chain.num_timesteps
         history: list[Tensor] = []  # past ε predictions, newest last
         terms: tuple[tuple[float, Tensor], ...]
-        # The tables as Python floats once (the same values; a NumPy scalar per step costs more).
-        acs, prevs = chain.alphas_cumprod.tolist(), chain.alphas_cumprod_prev.tolist()
+        coefs = self._step_coefficients(chain)
         for k in range(start, n):
             i = n - 1 - k
-            ab, ab_prev = acs[i], prevs[i]
-            # x_{t-1} = sqrt(ᾱ_prev)·x0(ε') + sqrt(1 − ᾱ_prev)·ε', with x0(ε') read off x_t.
-            c_x = math.sqrt(ab_prev / ab)
-            c_eps = math.sqrt(1.0 - ab_prev) - math.sqrt(ab_prev * (1.0 - ab) / ab)
+            c_x, c_eps = coefs[i]
             pred = d(x, i)
             eps = pred.eps
             if not history and i > 0:
