@@ -136,6 +136,8 @@ class _ChurnSolver(_Karras):
             lambda_min=lambda_min,
         )
         self._churn_init(s_churn, s_tmin, s_tmax, s_noise)
+        #: Per path and grid: the scale k of each step's timestep and the next (Euler on a path).
+        self._scales: dict[tuple[Any, ...], list[tuple[float, float]]] = {}
 
     def _step_coefficients(self, plan: Plan) -> list[_StepCoefs]:
         """Per step without churn: (t, ᾱ, Euler weights of x and x̂_0, t', ᾱ', correction weight).
@@ -217,10 +219,20 @@ class _ChurnSolver(_Karras):
         process = d.process
         times = plan.timesteps
         coefs = self._step_coefficients(plan)
+        key = ("scales", tuple(times), process)
+        scales = self._scales.get(key)
+        if scales is None:
+            if len(self._scales) > 64:
+                self._scales.clear()
+            # k = sqrt(α² + σ²) at each step's timestep and the next (floats at scalar steps).
+            scales = self._scales[key] = [
+                (float(process.scale(t, x)), float(process.scale(t_next, x)))
+                for t, _, _, _, t_next, _, _ in coefs
+            ]
         x_in: Tensor | None = None
         for k in range(start, plan.steps):
-            t, ab, c_x, c_x0, t_next, _, _ = coefs[k]
-            k_t = float(process.scale(t, x))  # a float at a scalar step
+            t, ab, c_x, c_x0, _, _, _ = coefs[k]
+            k_t, k_next = scales[k]
             if x_in is None:
                 x_in = x if k_t == 1.0 else x * k_t
             pred = d(x, t, alpha_bar=ab, x_in=x_in)
@@ -230,7 +242,6 @@ class _ChurnSolver(_Karras):
                 x_new = pred.blend_x0(c_x, x, c_x0)  # the last step (σ' = 0), or x̂_0 not linear in x
             else:
                 a, _, b, y = terms
-                k_next = float(process.scale(t_next, x))
                 w, beta = k_next * (c_x + c_x0 * a) / k_t, k_next * c_x0 * b
                 if abs(w - 1.0) < 1e-12:
                     x_in_new = torch.add(x_in, y, alpha=beta)
