@@ -155,7 +155,7 @@ def test_noise_and_x_T_are_the_paths_start() -> None:
 
 
 def test_a_none_parameter_survives_save_and_load(tmp_path: object) -> None:
-    """TOML has no null: lambda_min=None (whole chain; default −5.1) is written "none" and read back."""
+    """TOML has no null: lambda_min=None (whole chain; default "auto") is written "none" and read back."""
     from pathlib import Path
 
     pipe = ddkit.Pipeline.from_config(
