@@ -180,7 +180,7 @@ def flow_pipe(**params: Any) -> ddkit.Pipeline:
         {
             "schedule": {"name": "rectified-flow"},
             "parameterization": {"name": "velocity"},
-            "sampler": {"name": "flow-sde", **params},
+            "sampler": {"name": "flow-sde", "lambda_min": None, **params},  # Flow-GRPO's grid from t = 1
             "model": GaussianVelocity(),
         }
     )

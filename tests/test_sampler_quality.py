@@ -31,6 +31,7 @@ SAMPLERS = (
     pytest.param("ddpm", {}, id="ddpm"),
     pytest.param("euler-ancestral", {}, id="euler-ancestral"),
     pytest.param("dpm-solver++", {"sde": True}, id="dpm-solver++-sde"),
+    pytest.param("flow-sde", {}, id="flow-sde"),
     *(
         pytest.param(name, {}, id=name)
         for name in ("ddim", "plms", "ipndm", "deis", "dpm-solver++", "euler", "heun")
@@ -99,17 +100,8 @@ def test_every_sampler_at_its_defaults_is_within_1_5x_of_ddpm_1000(
     assert worst <= 1.5 * ddpm_1000, f"{name} {params} at its defaults: {shown}; DDPM-1000 {ddpm_1000:.3f}"
 
 
-#: Samplers not judged on this ε chain, and why.
-NOT_FOR_EPSILON_CHAINS = {
-    # Flow-GRPO's rollout sampler for flow models: 10 steps from the path's start as Flow-GRPO
-    # (lambda_min=None); on this ε chain it warns, and even from λ = −5.1 its 10 noisy Euler steps
-    # score 0.5. Judged on the flow paths in bench/quality_paths.py and tests/test_paths_e2e.py.
-    "flow-sde",
-}
-
-
 def test_every_installed_ddkit_sampler_is_judged() -> None:
-    judged = {p.values[0] for p in SAMPLERS} | NOT_FOR_EPSILON_CHAINS
+    judged = {p.values[0] for p in SAMPLERS}
     ours = {
         n for n in ddkit.names("sampler") if ddkit.describe("sampler", n).distribution == "ddkit-samplers"
     }

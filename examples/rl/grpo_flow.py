@@ -42,7 +42,7 @@ def pretrained(seed: int = 0, steps: int = 800) -> ddkit.Pipeline:
             "model": {"name": "mlp", "dim": 2, "hidden": 64, "depth": 2},
             "schedule": {"name": "rectified-flow", "timesteps": 1000},
             "parameterization": {"name": "velocity"},
-            "sampler": {"name": "flow-sde", "steps": 10, "noise_level": 0.7},
+            "sampler": {"name": "flow-sde", "steps": 10, "noise_level": 0.7, "lambda_min": None},
         }
     )
     opt = torch.optim.Adam(pipe.model.parameters(), lr=3e-3)

@@ -27,8 +27,10 @@ class FlowSDE(SamplerBase):
     path's x_t; the sampler walks the variance-preserving x_t / sqrt(α² + σ²), whose
     log-densities differ from the path's by a constant per step (ratios and gradients agree).
 
-    Runs on every path and chain. Default: 10 steps
-    (Flow-GRPO's training rollouts) of the grid's sections, from t = t_max down to 0. NFE = steps.
+    Runs on every path and chain. Default: 10 steps (Flow-GRPO's training rollouts) of the grid's
+    sections, from ``lambda_min="auto"`` as every sampler (an ε model started at ᾱ ≈ 0 blows up:
+    sliced Wasserstein 438 on a cosine 2-D toy); ``lambda_min=None`` walks Flow-GRPO's grid from
+    t = t_max down to 0. NFE = steps.
 
     .. versionadded:: 0.2.0
     """
@@ -49,7 +51,7 @@ class FlowSDE(SamplerBase):
         dynamic_threshold: float | None = None,
         denoised_fn: Callable[[Tensor], Tensor] | None = None,
         return_log_prob: bool = False,
-        lambda_min: float | Literal["auto"] | None = None,
+        lambda_min: float | Literal["auto"] | None = "auto",
     ) -> None:
         super().__init__(
             steps=steps,
