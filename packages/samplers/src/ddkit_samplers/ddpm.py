@@ -81,17 +81,8 @@ class DDPM(SamplerBase):
             pred = d(x, i)
             c1 = float(chain.coef("posterior_mean_coef1", i, x))
             c2 = float(chain.coef("posterior_mean_coef2", i, x))
-            terms = pred.x0_terms()
-            if i == 0:
-                x_new = pred.blend_x0(c2, x, c1)
-            else:
-                std = math.exp(0.5 * float(chain.coef(table, i, x)))
-                if terms is not None and terms[1] is x:
-                    a, _, b, y = terms
-                    # std·z + (c2 + c1·a)·x + c1·b·y: the posterior mean of x̂_0 = a·x + b·y, plus noise.
-                    x_new = run.noise(x).mul_(std).add_(x, alpha=c2 + c1 * a).add_(y, alpha=c1 * b)
-                else:
-                    x_new = run.noise(x).mul_(std).add_(x, alpha=c2).add_(pred.x0, alpha=c1)
+            std = 0.0 if i == 0 else math.exp(0.5 * float(chain.coef(table, i, x)))
+            x_new = run.draw_blend(pred, x, c2, c1, std)  # the posterior mean of x̂_0, plus noise
             state = SamplerState(step=k - start, t=plan.timesteps[k], x=x_new, x0=pred, nfe=d.nfe)
             yield state
             x = state.x

@@ -95,14 +95,7 @@ class FlowSDE(SamplerBase):
         for k in range(start, plan.steps):
             c_x, c_x0, std = self._step(plan, k)
             pred = d(x, last - k)
-            terms = pred.x0_terms()
-            if std == 0.0:
-                x_new = pred.blend_x0(c_x, x, c_x0)
-            elif terms is not None and terms[1] is x:
-                a, _, b, y = terms
-                x_new = run.noise(x).mul_(std).add_(x, alpha=c_x + c_x0 * a).add_(y, alpha=c_x0 * b)
-            else:
-                x_new = run.noise(x).mul_(std).add_(x, alpha=c_x).add_(pred.x0, alpha=c_x0)
+            x_new = run.draw_blend(pred, x, c_x, c_x0, std)
             state = SamplerState(step=k - start, t=plan.timesteps[k], x=x_new, x0=pred, nfe=d.nfe)
             yield state
             x = state.x

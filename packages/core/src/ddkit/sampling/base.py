@@ -31,7 +31,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from torch import Tensor
@@ -287,6 +287,20 @@ class Run:
     def noise(self, like: Tensor) -> Tensor:
         """Standard normal noise shaped like ``like`` (see :func:`ddkit.sampling.randn`)."""
         return randn(like.shape, self.generator, like.device, like.dtype)
+
+    def draw_blend(self, pred: Any, x: Tensor, c_x: float, c_x0: float, std: float) -> Tensor:
+        """std·z + c_x·x + c_x0·x̂_0 in one pass over fresh noise (no density: the fused loops' step).
+
+        Where x̂_0 is still the linear form a·x + b·y (``pred.x0_terms()``) it is folded into the
+        weights of x and y, so x̂_0 itself is never formed.
+        """
+        if std == 0.0:
+            return cast(Tensor, pred.blend_x0(c_x, x, c_x0))
+        terms = pred.x0_terms()
+        if terms is not None and terms[1] is x:
+            a, _, b, y = terms
+            return self.noise(x).mul_(std).add_(x, alpha=c_x + c_x0 * a).add_(y, alpha=c_x0 * b)
+        return self.noise(x).mul_(std).add_(x, alpha=c_x).add_(pred.x0, alpha=c_x0)
 
     def draw(self, step: Transition, history: Any = None) -> tuple[Tensor, Tensor | None]:
         """x_{k+1} = mean + std·z for a step, and its log-density when asked for (else None).
