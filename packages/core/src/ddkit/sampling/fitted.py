@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ddkit.errors import CompositionError, InputError, InputTypeError
 from ddkit.sampling.base import SamplerBase, SamplingWarning, positive_int
-from ddkit.sampling.spacing import sigma_to_t, sigmas_of
+from ddkit.sampling.spacing import distinct_steps, sigma_to_t, sigmas_of
 
 if TYPE_CHECKING:
     from ddkit.pipeline import Pipeline
@@ -41,17 +41,6 @@ def _half_log_snr(alpha_bar: float) -> float:
     if alpha_bar >= 1.0:
         return math.inf
     return 0.5 * math.log(alpha_bar / (1.0 - alpha_bar))
-
-
-def _distinct_below(levels: np.ndarray, top: int) -> list[int]:
-    """Rounded training steps made distinct and below ``top``, keeping their order (ascending)."""
-    steps = sorted(int(v) for v in np.clip(np.round(levels), 0, top - 1))
-    for i in range(1, len(steps)):
-        steps[i] = max(steps[i], steps[i - 1] + 1)
-    steps[-1] = min(steps[-1], top - 1)
-    for i in range(len(steps) - 2, -1, -1):
-        steps[i] = min(steps[i], steps[i + 1] - 1)
-    return steps
 
 
 def _sampler_choice(
@@ -167,7 +156,7 @@ def fit_spacing(
 
         def levels_of(lam: np.ndarray) -> list[int] | list[float]:
             inner = sigma_to_t(np.exp(-lam[1:]), ac)
-            return [top, *reversed(_distinct_below(inner, top))]
+            return [top, *reversed(distinct_steps(inner, top))]
     else:
         top_time = float(process.time_of_index(plan.timesteps[0]))
 

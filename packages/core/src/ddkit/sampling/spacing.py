@@ -41,6 +41,7 @@ __all__ = [
     "check_spacing",
     "continuous_schedule",
     "discrete_timesteps",
+    "distinct_steps",
     "karras_sigmas",
     "last_timestep_above",
     "path_levels",
@@ -228,16 +229,16 @@ def discrete_timesteps(
     if spacing in ("linspace", "leading", "trailing"):
         return sorted({int(v) for v in _grid(spacing, steps, num_timesteps)})
     _, t = continuous_schedule(spacing, steps, alphas_cumprod)
-    return _distinct_steps(np.round(t), num_timesteps)
+    return distinct_steps(t, num_timesteps)
 
 
-def _distinct_steps(levels: np.ndarray, num_timesteps: int) -> list[int]:
-    """Rounded levels made distinct training steps, each moved to the nearest free one in order.
+def distinct_steps(levels: np.ndarray, num_timesteps: int) -> list[int]:
+    """Levels rounded to distinct training steps (ascending), each moved to the nearest free one in order.
 
     Dense grids (log-SNR or Karras near t = 0) round several levels onto one step; moving the
     repeats up (then, past the top, down) keeps the grid's shape and the number of steps asked for.
     """
-    steps = sorted(int(v) for v in np.clip(levels, 0, num_timesteps - 1))
+    steps = sorted(int(v) for v in np.clip(np.round(levels), 0, num_timesteps - 1))
     for i in range(1, len(steps)):
         steps[i] = max(steps[i], steps[i - 1] + 1)
     steps[-1] = min(steps[-1], num_timesteps - 1)
