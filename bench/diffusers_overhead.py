@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
 from diffusers.models.unets.unet_2d import UNet2DOutput
+from run_all import script_provenance
 
 from ddkit_diffusers import from_diffusers
 from ddkit_diffusers.testing import save_pipeline_folder, seeded
@@ -104,6 +104,8 @@ def main() -> None:
     parser.add_argument("--json", type=str, default=None, help="write the results here")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    provenance = script_provenance("diffusers_overhead.py", sys.argv[1:])
+    start_wall = time.perf_counter()
     schedulers = {
         "ddim (DDIMScheduler)": DDIMScheduler(clip_sample=False, set_alpha_to_one=True),
         "euler (FlowMatchEulerDiscreteScheduler, shift 3)": FlowMatchEulerDiscreteScheduler(shift=3.0),
@@ -167,9 +169,9 @@ def main() -> None:
             "steps": args.steps,
             "reps": args.reps,
             "unet_call_us": unet_us,
-            "torch": torch.__version__,
-            "python": sys.version.split()[0],
-            "machine": platform.processor() or platform.machine(),
+            "clock": "thread CPU time (time.thread_time)",
+            "wall_s": time.perf_counter() - start_wall,
+            **provenance,
             "rows": rows,
         }
         Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")

@@ -20,8 +20,9 @@ trained briefly on ``gaussians``) and its rectified-flow variant (velocity, Eule
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
-import platform
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 
 import torch
 from _toy import ExactRing, betas_for, ring8, sliced_wasserstein
+from run_all import script_provenance
 from torch import Tensor
 
 import ddkit
@@ -38,7 +40,6 @@ from ddkit.diffusion import GaussianProcess
 SAMPLERS = ("dpm-solver++", "ipndm", "deis", "ddim")
 NFES = (5, 10)
 T = 1000
-COMMAND = "python bench/fitted_spacing.py --threads 1 --json bench/results/cpu/fitted_spacing.json"
 
 
 def exact_pipe(schedule: str) -> ddkit.Pipeline:
@@ -173,6 +174,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
+    provenance = script_provenance("fitted_spacing.py", sys.argv[1:])
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     floors: dict[str, float] = {}
@@ -193,12 +195,12 @@ def main() -> None:
     print(f"\nfloors (data to data): {floors}; training {train_s:.1f}s per toy; total {total:.1f}s\n")
     print(table(rows))
     if args.json is not None:
+        fit = inspect.signature(ddkit.fit_spacing).parameters
         payload = {
             "bench": "fitted_spacing",
-            "command": COMMAND,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
+            **provenance,
             "threads": args.threads,
+            "fit_defaults": {k: fit[k].default for k in ("samples", "seed", "teacher_steps")},
             "samples": args.samples,
             "iters": args.iters,
             "floors": floors,

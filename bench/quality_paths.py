@@ -15,15 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from typing import Any
 
 import torch
+from run_all import script_provenance
 
 import ddkit
 from ddkit.data.toys import sample_toy, sliced_wasserstein
 
 NFES = (5, 10, 20)
+BATCH_SIZE, LR = 256, 1e-3
 #: name -> (schedule, parameterization, resampler)
 PATHS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "cosine ε": ({"name": "cosine"}, {"name": "epsilon", "clip_denoised": False}, {"name": "uniform"}),
@@ -55,7 +58,7 @@ def train(name: str, steps: int, seed: int) -> ddkit.Pipeline:
             "resampler": resampler,
         }
     )
-    trainer = ddkit.Trainer(pipe, "gaussians", batch_size=256, lr=1e-3, seed=seed)
+    trainer = ddkit.Trainer(pipe, "gaussians", batch_size=BATCH_SIZE, lr=LR, seed=seed)
     trainer.train(steps)
     return pipe
 
@@ -68,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=str, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    provenance = script_provenance("quality_paths.py", sys.argv[1:] if argv is None else argv)
+    start_wall = time.perf_counter()
     data, _ = sample_toy("gaussians", args.samples, seed=123)
     other, _ = sample_toy("gaussians", args.samples, seed=456)
     floor = sliced_wasserstein(data, other)
@@ -104,6 +109,14 @@ def main(argv: list[str] | None = None) -> None:
         "flow_over_eps_nfe10": ratio,
         "train_steps": args.steps,
         "samples": args.samples,
+        "batch_size": BATCH_SIZE,
+        "lr": LR,
+        "threads": 1,
+        "paths": {
+            name: {"schedule": s, "parameterization": p, "resampler": r} for name, (s, p, r) in PATHS.items()
+        },
+        "wall_s": time.perf_counter() - start_wall,
+        **provenance,
     }
     if args.json:
         with open(args.json, "w") as f:

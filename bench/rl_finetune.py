@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
+import inspect
 import json
-import platform
 import statistics
 import sys
 import time
@@ -35,6 +35,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
+from run_all import script_provenance
 
 import ddkit
 
@@ -68,6 +69,11 @@ def median_time(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, float
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def defaults(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword defaults of ``fn`` (an example's settings, recorded with its result)."""
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+
+
 def reward_part(example: ModuleType, train: str, seeds: int, iterations: int) -> dict[str, Any]:
     base = example.pretrained(seed=0)
     before = example.mean_reward(base)
@@ -87,6 +93,13 @@ def reward_part(example: ModuleType, train: str, seeds: int, iterations: int) ->
         "train_cpu_s": statistics.fmean(seconds),
         "iterations": iterations,
         "seeds": seeds,
+        "example": f"examples/rl/{Path(str(example.__file__)).name}",
+        "config": {k: base.config[k] for k in ("model", "schedule", "parameterization", "sampler")},
+        "settings": {
+            k: v for k, v in defaults(getattr(example, train)).items() if k not in ("seed", "iterations")
+        },
+        "reward_samples": defaults(example.mean_reward)["n"],
+        "pretrain_steps": defaults(example.pretrained)["steps"],
     }
 
 
@@ -127,6 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    provenance = script_provenance("rl_finetune.py", sys.argv[1:] if argv is None else argv)
     t0 = time.perf_counter()
     ddpo, grpo = load_example("ddpo_toy"), load_example("grpo_flow")
     result: dict[str, Any] = {
@@ -135,13 +149,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     pipe = ddpo.pretrained(seed=0, steps=1)  # the costs do not depend on the weights
     result["cost"] = [cost_part(pipe, batch, args.reps) for batch in (256, 2048)]
+    result["reps"] = args.reps
+    result["clock"] = "process CPU time (time.process_time)"
+    result["threads"] = torch.get_num_threads()
     result["wall_s"] = time.perf_counter() - t0
-    result["machine"] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "processor": platform.processor() or platform.machine(),
-    }
+    result.update(provenance)
     for name in ("ddpo", "grpo"):
         r = result[name]
         print(

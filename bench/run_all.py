@@ -69,6 +69,15 @@ CPU_BENCHES: tuple[Bench, ...] = (
           outputs={"--plot": "guidance_accuracy.png"}, owner="bench"),
     Bench("attention_memory", "attention_memory.py", ("--device", "cpu"), ("--device", "cpu", "--quick"),
           owner="bench"),
+    Bench("rl_finetune", "rl_finetune.py", (), ("--seeds", "1", "--iterations", "2", "--reps", "2"),
+          owner="rl"),
+    Bench("diffusers_overhead", "diffusers_overhead.py", (), ("--reps", "2", "--steps", "10"),
+          owner="diffusers"),
+    # Quality, not timing (minutes each): last, with a longer timeout.
+    Bench("quality_paths", "quality_paths.py", ("--steps", "3000", "--samples", "20000"),
+          ("--steps", "100", "--samples", "500"), timeout_s=2400, owner="samplers"),
+    Bench("fitted_spacing", "fitted_spacing.py", ("--threads", "1"),
+          ("--threads", "1", "--samples", "300", "--iters", "50"), timeout_s=1800, owner="samplers"),
 )  # fmt: skip
 
 
@@ -113,6 +122,20 @@ def machine_info(python: str = sys.executable) -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "packages": {d: v for d in dists if (v := _version(d)) is not None},
+    }
+
+
+def script_provenance(script: str, argv: Sequence[str]) -> dict[str, Any]:
+    """What a script writing its own ``--json`` records of its run, in the envelope's terms.
+
+    report.py reads ``date``, ``command`` and ``machine`` from such a file, so a benchmark run
+    by hand (not through this runner) still renders with when, how and where it was measured.
+    """
+    shown = [_show_path(a) for a in argv]
+    return {
+        "date": now(),
+        "command": shlex.join(["python", f"bench/{script}", *shown]),
+        "machine": machine_info(),
     }
 
 
