@@ -11,6 +11,8 @@ never knows which sampler runs it; guidance sees only the model call and predict
 
 from __future__ import annotations
 
+import types
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -87,7 +89,8 @@ class ModelSpec:
 
 def model_spec(model: object) -> ModelSpec:
     """Read a model's :class:`ModelSpec`: its ``spec`` attribute, else common attribute names."""
-    spec = getattr(model, "spec", None)
+    read = _declared if isinstance(model, torch.nn.Module) and not _own_getattr(model) else _attribute
+    spec = read(model, "spec")
     if isinstance(spec, ModelSpec):
         if spec.conditioning is None:
             keywords = conditioning_keywords(model)
@@ -95,20 +98,61 @@ def model_spec(model: object) -> ModelSpec:
                 spec = replace(spec, conditioning=keywords)
         return spec
     return ModelSpec(
-        in_channels=getattr(model, "in_channels", None),
-        out_channels=getattr(model, "out_channels", None),
-        sample_shape=getattr(model, "sample_shape", None),
-        num_classes=getattr(model, "num_classes", None),
-        null_class=getattr(model, "null_class", None),
+        in_channels=read(model, "in_channels"),
+        out_channels=read(model, "out_channels"),
+        sample_shape=read(model, "sample_shape"),
+        num_classes=read(model, "num_classes"),
+        null_class=read(model, "null_class"),
         conditioning=conditioning_keywords(model),
     )
 
 
+def _attribute(model: object, name: str) -> Any:
+    return getattr(model, name, None)
+
+
+def _own_getattr(module: torch.nn.Module) -> bool:
+    """Whether a module class answers missing names its own way (diffusers' ModelMixin reads its config)."""
+    return type(module).__getattr__ is not torch.nn.Module.__getattr__
+
+
+def _declared(module: Any, name: str) -> Any:
+    """``getattr(module, name, None)`` for a torch module, without the AttributeError a missing name
+    costs (nn.Module formats its message: about 2 µs per name, five names per sampling call)."""
+    if name in module.__dict__ or hasattr(type(module), name):
+        return getattr(module, name, None)
+    for store in ("_parameters", "_buffers", "_modules"):
+        held = module.__dict__.get(store)
+        if held is not None and name in held:
+            return held[name]
+    return None
+
+
+#: :func:`conditioning_keywords` per plain function, bound (a method: ``self`` left out) or not; every
+#: sampling call reads them, and ``inspect.signature`` costs about 20 µs, a cheap sampler's whole step.
+_KEYWORDS: weakref.WeakKeyDictionary[types.FunctionType, dict[bool, tuple[str, ...] | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def conditioning_keywords(model: object) -> tuple[str, ...] | None:
     """The keywords besides ``x``, ``t`` and ``y`` that ``model`` takes; None if it takes ``**kwargs``."""
+    fn = getattr(model, "forward", None) if isinstance(model, torch.nn.Module) else model
+    func = getattr(fn, "__func__", fn)
+    if not isinstance(func, types.FunctionType):
+        return _keywords(fn)
+    per_func = _KEYWORDS.get(func)
+    if per_func is None:
+        per_func = _KEYWORDS[func] = {}
+    bound = fn is not func
+    if bound not in per_func:
+        per_func[bound] = _keywords(fn)
+    return per_func[bound]
+
+
+def _keywords(fn: object) -> tuple[str, ...] | None:
     import inspect
 
-    fn = getattr(model, "forward", None) if isinstance(model, torch.nn.Module) else model
     try:
         params = list(inspect.signature(fn).parameters.values())  # type: ignore[arg-type]
     except (TypeError, ValueError):
