@@ -207,7 +207,8 @@ def check_sampling_start(
         dtype = weights_dtype(model)
         if isinstance(x_T, Tensor) and dtype is not None and _recast(x_T, dtype):
             x_T = x_T.to(dtype)  # float64 or float16 noise for float32 weights (and so on)
-        x = check_x_T(x_T, model, finite=False, spec=spec)
+        # The declared shape; the dtype fits now (cast above, or float32, which every model takes).
+        x = check_x_T(x_T, None if spec is not None else model, finite=False, spec=spec)
         if sample_shape is not None and tuple(x.shape[1:]) != tuple(sample_shape):
             raise InputError(
                 f"x_T has samples of shape {list(x.shape[1:])}, but the pipeline samples shape "

@@ -355,8 +355,9 @@ class Pipeline:
     @property
     def device(self) -> torch.device:
         """The device the model's weights are on."""
-        for tensor in (*self.model.parameters(), *self.model.buffers()):
-            return tensor.device
+        for tensors in (self.model.parameters(), self.model.buffers()):
+            for tensor in tensors:  # the first is enough (not a list of them all: a U-Net has hundreds)
+                return tensor.device
         return torch.device("cpu")
 
     def to(self, device: torch.device | str) -> Pipeline:

@@ -72,7 +72,8 @@ def check_x_T(
 
     A NumPy array becomes a tensor (sharing memory). ``finite=False`` skips the one check that
     reads the values (for a caller whose sampler checks them again); ``spec``, when the caller has
-    read ``model_spec(model)`` already, saves reading it again. Raises :class:`InputTypeError` for
+    read ``model_spec(model)`` already, saves reading it again (with ``model=None``: the declared
+    shape and channels are checked, not the weights' dtype). Raises :class:`InputTypeError` for
     something that is not a floating array and :class:`InputError` (or :class:`NonFiniteError`)
     for a shape, dtype or value the model cannot take.
     """
@@ -89,7 +90,7 @@ def check_x_T(
         )
     if x.shape[0] == 0:
         raise InputError(f"{name} holds no samples (shape {tuple(x.shape)}); give at least one")
-    if model is not None:
+    if model is not None or spec is not None:
         _check_fits_model(x, model, name, spec)
     # A finite sum proves every element finite in one cheap reduction (about 10x faster than
     # isfinite(x).all() on CPU); a NaN, an infinity or an overflowing sum takes the exact check.
