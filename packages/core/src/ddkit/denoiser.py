@@ -63,6 +63,7 @@ class Denoiser:
         "_mean_guidances",
         "_model_conditioning",
         "_model_input",
+        "_own_input",
         "_score_guidances",
         "clip_denoised",
         "conditioning",
@@ -118,6 +119,10 @@ class Denoiser:
                 guided = g.wrap_model(guided, mean_channels=mean_channels)
         self._guided_model = guided
         self._model_input = getattr(parameterization, "model_input", None)
+        # Whether the parameterization reads the input its own way (EDM's preconditioning); the
+        # default's input off a path is x itself, which __call__ passes without the call.
+        default = getattr(type(parameterization), "model_input", None) is GaussianParameterization.model_input
+        self._own_input = self._model_input is not None and not default
         self._score_guidances = tuple(g for g, f in zip(self.guidances, self.forms) if f == "score")
         self._mean_guidances = tuple(g for g, f in zip(self.guidances, self.forms) if f == "mean")
 
@@ -198,8 +203,8 @@ class Denoiser:
         # model_input and model_output inlined: this runs once per model evaluation.
         if x_in is not None:
             model_t = process.model_timesteps(t, x.shape[0], x.device)
-        elif self._model_input is not None:
-            x_in, model_t = self._model_input(process, x, t, alpha_bar)
+        elif self._own_input or (process.path is not None and self._model_input is not None):
+            x_in, model_t = self._model_input(process, x, t, alpha_bar)  # type: ignore[misc]
         else:
             x_in, model_t = x, process.model_timesteps(t, x.shape[0], x.device)
         self.nfe += 1

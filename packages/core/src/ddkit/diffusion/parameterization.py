@@ -62,6 +62,10 @@ def output_channel_error(param: GaussianParameterization, data_channels: int, go
     return f"the model outputs {got} channels but {want} were expected: {why}; {fix}"
 
 
+#: Variance modes whose network outputs the mean part only.
+_FIXED_VARIANCES = ("fixed-small", "fixed-large")
+
+
 @attrs.frozen
 class GaussianParameterization:
     """A parameterization of the reverse process (guided-diffusion's mean and variance types).
@@ -93,6 +97,8 @@ class GaussianParameterization:
 
     def split(self, output: Tensor, x_t: Tensor) -> tuple[Tensor, Tensor | None]:
         """Split a raw output into its mean part and (for learned variances) its variance part."""
+        if output.shape == x_t.shape and self.variance in _FIXED_VARIANCES:
+            return output, None  # the common case, once per model evaluation: one comparison
         channels = x_t.shape[1]
         want = self.output_channels(channels)
         if output.shape[1] != want or output.shape[0] != x_t.shape[0] or output.shape[2:] != x_t.shape[2:]:

@@ -540,6 +540,11 @@ class GaussianProcess:
     # -- conversions between what a network can predict ---------------------------------
 
     def _eps_coefs(self, t: Step, like: Tensor, alpha_bar: Coef | None) -> tuple[Coef, Coef]:
+        if alpha_bar is None and type(t) is int:  # a discrete sampler's step: two list lookups
+            a_name, b_name = "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod"
+            a = self._floats.get(a_name) or self._float_table(a_name)
+            b = self._floats.get(b_name) or self._float_table(b_name)
+            return a[t], b[t]
         if alpha_bar is None and (isinstance(t, float) and not t.is_integer()):
             alpha_bar = self.alpha_bar(t)
         if alpha_bar is None and isinstance(t, Tensor) and t.is_floating_point():
