@@ -87,27 +87,26 @@ class PLMS(SamplerBase):
         d = plan.denoiser
         chain = d.process
         n = chain.num_timesteps
-        history: list[Tensor] = []  # past ε predictions, newest last
-        terms: tuple[tuple[float, Tensor], ...]
+        history: list[Tensor] = []  # past ε predictions, newest first
         coefs = self._step_coefficients(chain)
         for k in range(start, n):
             i = n - 1 - k
             c_x, c_eps = coefs[i]
             pred = d(x, i)
             eps = pred.eps
-            if not history and i > 0:
+            # ε' = Σ w_j·ε_j folded into the step: x_{t-1} = c_x·x + Σ c_eps·w_j·ε_j (4th order: five passes).
+            x_new = torch.mul(x, c_x)
+            if history or i == 0:
+                weights = _AB[len(history)]
+                x_new.add_(eps, alpha=c_eps * weights[0])
+                for w, e in zip(weights[1:], history):
+                    x_new.add_(e, alpha=c_eps * w)
+            else:
                 # Pseudo improved Euler: average ε at x_t and at the DDIM step's x_{t-1}.
                 x_mid = torch.mul(x, c_x).add_(eps, alpha=c_eps)
-                terms = ((0.5, eps), (0.5, d(x_mid, i - 1).eps))
-            else:
-                terms = tuple(zip(_AB[min(len(history), 3)], (eps, *reversed(history))))
-            # ε' = Σ w_j·ε_j folded into the step: x_{t-1} = c_x·x + Σ c_eps·w_j·ε_j.
-            x_new = torch.mul(x, c_x)
-            for w, e in terms:
-                x_new.add_(e, alpha=c_eps * w)
-            history.append(eps)
-            if len(history) > 3:
-                history.pop(0)
+                x_new.add_(eps, alpha=0.5 * c_eps).add_(d(x_mid, i - 1).eps, alpha=0.5 * c_eps)
+            history.insert(0, eps)
+            del history[3:]
             state = SamplerState(step=k - start, t=plan.timesteps[k], x=x_new, x0=pred, nfe=d.nfe)
             yield state
             x = state.x
