@@ -204,7 +204,8 @@ def check_sampling_start(
 
         if isinstance(x_T, np.ndarray) and np.issubdtype(x_T.dtype, np.floating):
             x_T = torch.from_numpy(x_T)
-        dtype = weights_dtype(model)
+        # float32 noise is left as it is (the model casts it): no walk over the weights then.
+        dtype = weights_dtype(model) if isinstance(x_T, Tensor) and x_T.dtype != torch.float32 else None
         if isinstance(x_T, Tensor) and dtype is not None and _recast(x_T, dtype):
             x_T = x_T.to(dtype)  # float64 or float16 noise for float32 weights (and so on)
         # The declared shape; the dtype fits now (cast above, or float32, which every model takes).
