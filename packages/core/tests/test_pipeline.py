@@ -548,3 +548,39 @@ def test_toml_writer_round_trips() -> None:
     assert '"model.safetensors" = {' in text
     with pytest.raises(TypeError, match=r"cannot write model\.obj"):
         _toml.dumps({"model": {"obj": object()}})
+
+
+class _ModeRecorder(nn.Module):
+    """A tiny ε model whose sub-layer records whether it was in training mode at each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(2, 2)
+        self.seen: list[bool] = []
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        self.seen.append(self.inner.training)
+        return self.inner(x) * 0.0
+
+
+@pytest.mark.parametrize("root_training", [True, False])
+def test_sampling_runs_every_module_in_eval_mode_and_restores_the_root_mode(
+    registry: Registry, root_training: bool
+) -> None:
+    model = _ModeRecorder()
+    model.train(root_training)
+    model.inner.train(True)  # a sub-module left in training mode under the root's mode
+    pipe = ddkit.Pipeline.from_config(
+        {"schedule": {"name": "cosine", "timesteps": 5}, "sampler": "toy"}, model=model
+    )
+    pipe.sample(x_T=torch.randn(4, 2))
+    assert model.seen
+    assert not any(model.seen)
+    assert model.training is root_training
+    assert model.inner.training is root_training
+    model.seen.clear()
+    pipe.sample(x_T=torch.randn(4, 2))  # now every module is in the root's mode already
+    assert model.seen
+    assert not any(model.seen)
+    assert model.training is root_training
+    assert model.inner.training is root_training

@@ -545,6 +545,9 @@ class Pipeline:
 
     @contextlib.contextmanager
     def _eval(self, model: nn.Module) -> Iterator[None]:
+        if not any(m.training for m in model.modules()):
+            yield  # in eval mode throughout already: switching would only walk the modules twice
+            return
         training = model.training
         model.eval()
         try:
