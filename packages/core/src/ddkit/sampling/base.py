@@ -610,10 +610,14 @@ class SamplerBase:
         process = denoiser.process
         steps = self._resolved_steps()
         spacing = self._resolved_spacing()
+        name: Any = spacing
         if not isinstance(spacing, str):
-            return self._new_sigma_plan(denoiser, steps, spacing, drop_last, last_timestep, final)
-        # A named spacing: its levels depend only on these, so later calls reuse them.
-        key = ("sigmas", steps, spacing, drop_last, last_timestep, final, self.start_lambda(denoiser))
+            if not isinstance(spacing, list | tuple):
+                return self._new_sigma_plan(denoiser, steps, spacing, drop_last, last_timestep, final)
+            # Explicit levels (a diffusers scheduler's times): the values with their types (1 == 1.0).
+            name = (tuple(spacing), tuple(map(type, spacing)))
+        # Its levels depend only on these, so later calls reuse them.
+        key = ("sigmas", steps, name, drop_last, last_timestep, final, self.start_lambda(denoiser))
         chains = self._chains.get(process)
         if chains is None:
             chains = self._chains[process] = {}
