@@ -25,6 +25,8 @@ def test_unet2d_is_called_through_the_model_contract(unet_folder: Path) -> None:
         in_channels=3, out_channels=3, sample_shape=(3, 8, 8), conditioning=model.spec.conditioning
     )
     assert model.spec.conditioning == ()  # UNet2DModel takes nothing but class labels (y)
+    assert not model.training  # loaded for inference, as diffusers loads it: wrapper and network alike
+    assert not any(m.training for m in model.modules())
     reference = UNet2DModel.from_pretrained(unet_folder).eval()
     x, t = _x(2, 3, 8, 8), torch.tensor([10, 900])
     with torch.no_grad():

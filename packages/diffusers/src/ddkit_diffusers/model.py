@@ -177,4 +177,6 @@ def diffusers_model(
     """
     folder = component_folder(path, subfolder, NETWORK_FOLDERS, "UNet or transformer")
     net, config = load_network(folder, resolve_dtype(dtype), variant)
-    return DiffusersModel(net, config)
+    # In the network's mode (eval, as diffusers loads it): sampling then switches no modes, and
+    # leaves none switched (restoring a wrapper left in training mode would put the network in it).
+    return DiffusersModel(net, config).train(net.training)
