@@ -853,8 +853,8 @@ def render_rl_finetune(r: dict[str, Any], files: Path, out_dir: Path) -> tuple[s
             cost_rows.append(cells)
         text += [
             "",
-            f"Cost of the RL calls (median {r.get('clock', 'CPU time')} of {r.get('reps', '?')} interleaved "
-            f"repetitions, the DDPO example's network, {r.get('threads', 1)} thread):",
+            f"Cost of the RL calls (median of {r.get('reps', '?')} interleaved repetitions; clock: "
+            f"{r.get('clock', 'CPU time')}; the DDPO example's network, {r.get('threads', 1)} thread):",
             "",
             table(header, cost_rows, ["---:", "---:", "---", "---:", "---"]),
             "",
@@ -1113,7 +1113,7 @@ def render_diffusers_overhead(r: dict[str, Any], files: Path, out_dir: Path) -> 
         verdicts.append(
             Verdict(
                 f"ddkit-diffusers overhead per step, ddkit / diffusers: {x['sampler']}",
-                f"≤ {DIFFUSERS_OVERHEAD:g}× diffusers",
+                f"≤ {DIFFUSERS_OVERHEAD:.1f}× diffusers",
                 fmt(ratio, 2, "×"),
                 ok,
             )
@@ -1125,8 +1125,8 @@ def render_diffusers_overhead(r: dict[str, Any], files: Path, out_dir: Path) -> 
         "noise and timesteps. Both UNets are made near-free (their `forward` returns a precomputed output "
         f"of the same type; {fmt(r.get('unet_call_us'), 1)} µs per call, subtracted), so the figures are "
         f"framework time. Batch {r.get('shape')}, {r.get('steps')} steps, {r.get('threads', 1)} thread, "
-        f"median of {r.get('reps')} interleaved runs, {r.get('clock', 'thread CPU time')} (µs per step). "
-        f"Target (issue 21): ddkit ≤ {DIFFUSERS_OVERHEAD:g}× diffusers.\n\n"
+        f"median of {r.get('reps')} interleaved runs; clock: {r.get('clock', 'thread CPU time')}; µs "
+        f"per step. Target (issue 21): ddkit ≤ {DIFFUSERS_OVERHEAD:.1f}× diffusers.\n\n"
         + table(
             [
                 "sampler",

@@ -236,7 +236,7 @@ def test_diffusers_overhead_judges_each_sampler_against_diffusers(tmp_path: Path
     row = table_rows(text)["ddim (DDIMScheduler)"]
     assert row == "| ddim (DDIMScheduler) | 126 | 218 | 119 | 211 | 0.56× | yes |"
     assert "7.0 µs per call, subtracted" in text
-    assert [(v.target, v.measured, v.met) for v in verdicts] == [("≤ 1× diffusers", "0.56×", True)]
+    assert [(v.target, v.measured, v.met) for v in verdicts] == [("≤ 1.0× diffusers", "0.56×", True)]
     text, verdicts = report.render_diffusers_overhead(diffusers_result(422.0), tmp_path, tmp_path)
     assert "| 2.00× | **no** |" in table_rows(text)["ddim (DDIMScheduler)"]
     assert verdicts[0].met is False
