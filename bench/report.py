@@ -873,7 +873,7 @@ def _flow_and_eps(r: dict[str, Any], names: Sequence[str]) -> tuple[str | None, 
 
     def find(param: str, word: str) -> str | None:
         by_cfg = [n for n in names if paths.get(n, {}).get("parameterization", {}).get("name") == param]
-        return (by_cfg or [n for n in names if word in n] or [None])[0]
+        return next(iter(by_cfg or [n for n in names if word in n]), None)
 
     return find("velocity", "flow"), find("epsilon", "ε")
 
