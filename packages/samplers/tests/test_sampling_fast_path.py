@@ -202,6 +202,45 @@ def test_euler_on_a_path_carries_the_network_input_between_steps(
     assert not torch.allclose(carried, inpainted)
 
 
+class _ScoreShift:
+    """A score-form guidance (it reads x itself), so the quiet loop must form x at every step."""
+
+    name = "shift"
+    forms = ("score",)
+
+    def check(self, spec: Any, conditioning: Any) -> None:
+        pass
+
+    def gradient(self, x: Tensor, t: Tensor, **conditioning: Any) -> Tensor:
+        return 0.1 * x
+
+
+@pytest.mark.parametrize("schedule", ["rectified-flow", "vp-continuous"])
+@pytest.mark.parametrize("prediction", ["velocity", "epsilon", "v", "x0"])
+@pytest.mark.parametrize("guided", [False, True])
+def test_unwatched_euler_on_a_path_carries_only_the_input_and_lands_on_the_same_sample(
+    schedule: str, prediction: str, guided: bool
+) -> None:
+    pipe = ddkit.Pipeline.from_config(
+        {
+            "schedule": {"name": schedule, "timesteps": 1000},
+            "parameterization": {"name": prediction, "clip_denoised": False},
+        },
+        model=_Smooth(),
+    )
+    d = Denoiser(
+        pipe.model.double(), pipe.parameterization, pipe.process, guidances=[_ScoreShift()] if guided else ()
+    )
+    assert d.reads_x_linearly is not guided
+    sampler = ddkit.create("sampler", "euler", steps=9)
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    states = list(sampler.iterate(d, x))
+    quiet = sampler.sample(d, x)  # no one watches: the chain's x is formed only at the last step
+    assert len(states) == 9
+    torch.testing.assert_close(quiet, states[-1].x, rtol=1e-12, atol=1e-12)
+    assert sampler.last_nfe == 9
+
+
 def test_a_given_network_input_is_what_the_denoiser_would_make() -> None:
     d = _path_denoiser()
     x = torch.randn(3, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))

@@ -178,6 +178,25 @@ class Denoiser:
         model_input = getattr(type(self.parameterization), "model_input", None)
         return self.process.path is not None and model_input is GaussianParameterization.model_input
 
+    @property
+    def reads_x_linearly(self) -> bool:
+        """Whether x reaches a prediction only as the network's input and in x̂_0's linear form a·x + b·y.
+
+        True without guidance in the score or mean form (they take x itself), clipping or
+        ``denoised_fn``, and with the built-in reading of the output. A sampler that folds x̂_0
+        into its step (:meth:`Prediction.x0_terms`) may then carry the network's input alone
+        between steps whose states no one sees.
+
+        .. versionadded:: 0.2.0
+        """
+        return (
+            not self._score_guidances
+            and not self._mean_guidances
+            and not self.clip_denoised
+            and self.denoised_fn is None
+            and getattr(type(self.parameterization), "predict", None) is GaussianParameterization.predict
+        )
+
     def model_output(self, x: Tensor, t: Step, alpha_bar: Coef | None = None) -> Tensor:
         """The raw (model-form guided) network output for x at step ``t`` of the chain."""
         x_in, model_t = self.model_input(x, t, alpha_bar)

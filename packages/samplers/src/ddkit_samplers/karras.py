@@ -178,7 +178,7 @@ class _ChurnSolver(_Karras):
         gammas = self._gammas(sig, n)
         if not any(gammas) and (not self.second_order or self.form != "sigma"):
             if not self.second_order and d.path_input:
-                yield from self._run_path(plan, x, start)
+                yield from self._run_path(plan, x, start, run)
             else:
                 yield from self._run_plain(plan, x, start)
             return
@@ -208,12 +208,14 @@ class _ChurnSolver(_Karras):
             yield state
             x = state.x
 
-    def _run_path(self, plan: Plan, x: Tensor, start: int) -> Iterator[SamplerState]:
+    def _run_path(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
         """Euler on a path, carrying the network's input x_t = k·x (k = ``process.scale``) between steps.
 
         With x̂_0 = a·x + b·y the step x' = c_x·x + c_x0·x̂_0 is x_t' = w·x_t + k'·c_x0·b·y in the path's
         scaling (w = k'·(c_x + c_x0·a)/k, 1 on rectified flow up to rounding): one pass gives the next
-        input and one more the state x' = x_t'/k', where scaling x' again would take a third.
+        input and one more the state x' = x_t'/k', where scaling x' again would take a third. When no
+        one sees the states between steps (``run.quiet``) and x enters the prediction only linearly,
+        the intermediate x' are not formed: one pass per step, and only the last state is yielded.
         """
         d = plan.denoiser
         process = d.process
@@ -229,17 +231,28 @@ class _ChurnSolver(_Karras):
                 (float(process.scale(t, x)), float(process.scale(t_next, x)))
                 for t, _, _, _, t_next, _, _ in coefs
             ]
+        quiet = run.quiet and d.reads_x_linearly
         x_in: Tensor | None = None
+        chain_x: Tensor | None = x  # the chain's x, None while only the network's input is carried
         for k in range(start, plan.steps):
             t, ab, c_x, c_x0, _, _, _ = coefs[k]
             k_t, k_next = scales[k]
             if x_in is None:
-                x_in = x if k_t == 1.0 else x * k_t
-            pred = d(x, t, alpha_bar=ab, x_in=x_in)
+                assert chain_x is not None
+                x_in = chain_x if k_t == 1.0 else chain_x * k_t
+            final = k + 1 >= len(times)
+            if chain_x is None and final:
+                chain_x = x_in if k_t == 1.0 else x_in / k_t
+            # Unformed, the chain's x is passed as the input itself: x̂_0's weight a is x's all the same.
+            x_arg = chain_x if chain_x is not None else x_in
+            pred = d(x_arg, t, alpha_bar=ab, x_in=x_in)
             terms = pred.x0_terms()
             x_in_new: Tensor | None = None
-            if k + 1 >= len(times) or terms is None or terms[1] is not x:
-                x_new = pred.blend_x0(c_x, x, c_x0)  # the last step (σ' = 0), or x̂_0 not linear in x
+            if final or terms is None or terms[1] is not x_arg:
+                # The last step (σ' = 0), or x̂_0 not linear in x (an x_0 model's x̂_0 does not read x).
+                if chain_x is None:
+                    chain_x = x_in if k_t == 1.0 else x_in / k_t
+                x_new = pred.blend_x0(c_x, chain_x, c_x0)
             else:
                 a, _, b, y = terms
                 w, beta = k_next * (c_x + c_x0 * a) / k_t, k_next * c_x0 * b
@@ -247,11 +260,14 @@ class _ChurnSolver(_Karras):
                     x_in_new = torch.add(x_in, y, alpha=beta)
                 else:
                     x_in_new = torch.mul(x_in, w).add_(y, alpha=beta)
+                if quiet:
+                    x_in, chain_x = x_in_new, None
+                    continue
                 x_new = x_in_new if k_next == 1.0 else x_in_new / k_next
             state = SamplerState(step=k - start, t=times[k], x=x_new, x0=pred, nfe=d.nfe)
             yield state
             x_in = x_in_new if state.x is x_new else None  # inpainting replaced x: scale it anew
-            x = state.x
+            chain_x = state.x
 
     def _run_plain(self, plan: Plan, x: Tensor, start: int) -> Iterator[SamplerState]:
         """The loop without churn: per-grid float weights, Heun's exponential correction in one pass."""

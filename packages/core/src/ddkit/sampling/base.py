@@ -283,6 +283,9 @@ class Run:
     reduction: str = "sum"
     weight: Tensor | None = None
     trace: list[Any] | None = None
+    #: No one sees the states between steps (:meth:`SamplerBase.sample` without a callback, a
+    #: progress bar or inpainting): a loop may skip forming them and yield only the last.
+    quiet: bool = False
 
     def noise(self, like: Tensor) -> Tensor:
         """Standard normal noise shaped like ``like`` (see :func:`ddkit.sampling.randn`)."""
@@ -742,7 +745,8 @@ class SamplerBase:
                 pass
             assert state is not None
             return state.x
-        walk, _ = self._prepare(self._checked_plan(denoiser), denoiser, x_T, **options)
+        walk, run = self._prepare(self._checked_plan(denoiser), denoiser, x_T, **options)
+        run.quiet = True  # (read when the loop starts, at its first step)
         d = walk.plan.denoiser
         state = None
         try:
