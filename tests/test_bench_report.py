@@ -49,35 +49,50 @@ def test_overhead_renders_both_modes_and_gives_each_sampler_a_summary_row(tmp_pa
         "reps": 3,
         "model_call_us": 1.0,
         "noise_draw_us": 200.0,
+        "fused_update_us": 8.0,
         "clock": "thread CPU time (time.thread_time_ns)",
         "load_avg_at_start": [1.5, 1.0, 1.0],
         "rows": [
-            {"sampler": "ddim", "ddkit": 40.0, "ddkit-pipeline": 44.0, "diffusers": 160.0,
-             "ratio_ddkit_diffusers": 0.25, "ratio_pipeline_diffusers": 0.275},
-            {"sampler": "ddpm", "ddkit": 260.0, "ddkit-pipeline": 262.0, "diffusers": 400.0,
-             "ratio_ddkit_diffusers": 0.65, "ratio_pipeline_diffusers": 0.655,
+            {"sampler": "ddim", "schedule": "linear", "ddkit": 40.0, "ddkit-pipeline": 44.0,
+             "diffusers": 160.0, "ratio_ddkit_diffusers": 0.25, "ratio_pipeline_diffusers": 0.275},
+            {"sampler": "ddpm", "schedule": "linear", "ddkit": 260.0, "ddkit-pipeline": 262.0,
+             "diffusers": 400.0, "ratio_ddkit_diffusers": 0.65, "ratio_pipeline_diffusers": 0.655,
              "ratio_without_noise_draw": 0.3, "ratio_pipeline_without_noise_draw": 0.31},
+            {"sampler": "euler (rectified flow)", "schedule": "rectified-flow", "ddkit": 28.0,
+             "ddkit-pipeline": 30.0, "diffusers": 40.0, "ratio_ddkit_diffusers": 0.7,
+             "ratio_pipeline_diffusers": 0.75},
         ],
     }  # fmt: skip
-    text, heads = report.render_sampler_overhead(result, tmp_path, tmp_path)
+    text, verdicts = report.render_sampler_overhead(result, tmp_path, tmp_path)
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
     assert "Pipeline.sample / diffusers without the noise draw" in rows["sampler"]
     assert "| 40 | 44 | — | 160 | 0.25× | 0.28× | — | — |" in rows["ddim"]
     assert "| 0.30× | 0.31× |" in rows["ddpm"]
     assert "load average 1.5" in text
-    assert heads == {
-        "ddim": 0.25,
-        "ddim through Pipeline.sample": 0.275,
-        "ddpm": 0.65,
-        "ddpm without the noise draw": 0.3,
-        "ddpm through Pipeline.sample": 0.655,
-        "ddpm through Pipeline.sample without the noise draw": 0.31,
+    assert "0.20× (euler (rectified flow))" in text  # the fused update's floor: 8 of 40 µs
+    label = "Sampling-loop overhead per step, ddkit / diffusers: "
+    judged = {v.figure.removeprefix(label): (v.measured, v.met) for v in verdicts}
+    assert judged == {
+        "ddim": ("0.25×", True),
+        "ddim through Pipeline.sample": ("0.28×", True),
+        # stochastic: judged beyond the shared draw, the plain ratio shown with the draw's own share
+        "ddpm without the noise draw": ("0.30×", True),
+        "ddpm with the noise draw": ("0.65× (the draw alone: 0.50×)", None),
+        "ddpm through Pipeline.sample without the noise draw": ("0.31×", False),
+        "ddpm through Pipeline.sample with the noise draw": ("0.66× (the draw alone: 0.50×)", None),
+        # on a path diffusers' step is one update: shown with that floor, not judged
+        "euler (rectified flow)": ("0.70× (one fused update of the batch alone: 0.20×)", None),
+        "euler (rectified flow) through Pipeline.sample": (
+            "0.75× (one fused update of the batch alone: 0.20×)",
+            None,
+        ),
     }
     # A result from before the Pipeline.sample column renders as it was measured.
     old = {"rows": [{"sampler": "ddim", "ddkit": 71.0, "diffusers": 312.0, "ratio_ddkit_diffusers": 0.23}]}
-    text, heads = report.render_sampler_overhead(old, tmp_path, tmp_path)
-    assert "Pipeline.sample" not in text.split("|", 1)[1]
-    assert heads == {"ddim": 0.23}
+    text, verdicts = report.render_sampler_overhead(old, tmp_path, tmp_path)
+    header = next(line for line in text.splitlines() if line.startswith("| sampler"))
+    assert "Pipeline.sample" not in header
+    assert [(v.measured, v.met) for v in verdicts] == [("0.23×", True)]
 
 
 def table_rows(text: str) -> dict[str, str]:
