@@ -171,7 +171,7 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Every benchmark in bench/ beside the references; writes BENCHMARKS.md (not CI: ~20 min on 2 cores).
+    """Every benchmark in bench/ beside the references; writes BENCHMARKS.md (not CI: ~40 min on 2 cores).
 
     References: guided-diffusion-sdk (``--no-deps``) and diffusers. k-diffusion is left out: it
     resolves beside torch 2.13.0, but the torchvision it pulls is a CUDA build that fails to
