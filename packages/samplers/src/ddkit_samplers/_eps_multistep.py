@@ -142,6 +142,9 @@ class EpsMultistep(SamplerBase):
             if keep:
                 history.insert(0, pred.eps)
                 del history[keep:]
+            if run.quiet and k + 1 < plan.steps:
+                x = x_new  # no one sees the states between steps: only the last is yielded
+                continue
             state = SamplerState(step=k - start, t=t, x=x_new, x0=pred, nfe=d.nfe)
             yield state
             x = state.x

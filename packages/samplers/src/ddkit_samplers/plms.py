@@ -107,6 +107,9 @@ class PLMS(SamplerBase):
                 x_new.add_(eps, alpha=0.5 * c_eps).add_(d(x_mid, i - 1).eps, alpha=0.5 * c_eps)
             history.insert(0, eps)
             del history[3:]
+            if run.quiet and i > 0:
+                x = x_new  # no one sees the states between steps: only the last is yielded
+                continue
             state = SamplerState(step=k - start, t=plan.timesteps[k], x=x_new, x0=pred, nfe=d.nfe)
             yield state
             x = state.x
