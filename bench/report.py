@@ -256,7 +256,9 @@ def render_sampler_overhead(r: dict[str, Any], files: Path, out_dir: Path) -> tu
             + ", ".join(
                 f"{fmt(r['fused_update_us'] / x['diffusers'], 2, '×')} ({x['sampler']})"
                 for x in rows
-                if x.get("schedule") not in (None, "linear", "cosine") and x.get("diffusers")
+                if x.get("schedule") not in (None, "linear", "cosine")
+                and x.get("diffusers")
+                and x.get("ratio_without_noise_draw") is None  # deterministic: no draw in the floor
             )
             + " there; "
             if r.get("fused_update_us")
@@ -296,7 +298,10 @@ def _overhead_verdicts(
             if on_path:
                 floor = ""
                 if update_us and diffusers:
-                    floor = f" (one fused update of the batch alone: {fmt(update_us / diffusers, 2, '×')})"
+                    # A stochastic step draws its noise too: the floor holds the draw.
+                    draw = noise_us if v_free is not None and noise_us else 0.0
+                    what = "one fused update and the noise draw" if draw else "one fused update of the batch"
+                    floor = f" ({what} alone: {fmt((update_us + draw) / diffusers, 2, '×')})"
                 out.append(
                     Verdict(name, "(no target: diffusers' step is one update)", fmt(v, 2, "×") + floor, None)
                 )

@@ -61,6 +61,8 @@ def test_overhead_renders_both_modes_and_gives_each_sampler_a_summary_row(tmp_pa
             {"sampler": "euler (rectified flow)", "schedule": "rectified-flow", "ddkit": 28.0,
              "ddkit-pipeline": 30.0, "diffusers": 40.0, "ratio_ddkit_diffusers": 0.7,
              "ratio_pipeline_diffusers": 0.75},
+            {"sampler": "flow-sde (rectified flow)", "schedule": "rectified-flow", "ddkit": 220.0,
+             "diffusers": 260.0, "ratio_ddkit_diffusers": 0.85, "ratio_without_noise_draw": 0.6},
         ],
     }  # fmt: skip
     text, verdicts = report.render_sampler_overhead(result, tmp_path, tmp_path)
@@ -86,6 +88,9 @@ def test_overhead_renders_both_modes_and_gives_each_sampler_a_summary_row(tmp_pa
             "0.75× (one fused update of the batch alone: 0.20×)",
             None,
         ),
+        # a stochastic step on a path: its floor holds the draw (8 + 200 of 260 µs)
+        "flow-sde (rectified flow)": ("0.85× (one fused update and the noise draw alone: 0.80×)", None),
+        "flow-sde (rectified flow) without the noise draw": ("0.60×", None),
     }
     # A result from before the Pipeline.sample column renders as it was measured.
     old = {"rows": [{"sampler": "ddim", "ddkit": 71.0, "diffusers": 312.0, "ratio_ddkit_diffusers": 0.23}]}
