@@ -160,6 +160,23 @@ def test_fused_stochastic_steps_draw_the_transitions_gaussian(
     assert not torch.allclose(fused, other_seed)
 
 
+@pytest.mark.parametrize(("name", "params"), STOCHASTIC, ids=[f"{n}-{p}" for n, p in STOCHASTIC])
+def test_a_call_without_densities_takes_the_fused_loop(
+    name: str, params: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without log-densities or a trace no step goes through transition() (its fused loop runs)."""
+    sampler = ddkit.create("sampler", name, **params)
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("transition() was walked where the fused loop should run")
+
+    monkeypatch.setattr(type(sampler), "transition", refuse)
+    x = sampler.sample(make_denoiser(), _noise(), generator=torch.Generator().manual_seed(3))
+    assert torch.isfinite(x).all()
+    with pytest.raises(AssertionError, match="transition"):  # with densities it is walked
+        list(sampler.iterate(make_denoiser(), _noise(), return_log_prob=True))
+
+
 class _Smooth(torch.nn.Module):
     """A smooth stand-in for a velocity network (depends on x and t, so every step matters)."""
 

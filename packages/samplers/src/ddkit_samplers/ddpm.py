@@ -62,15 +62,13 @@ class DDPM(SamplerBase):
     def _plan(self, denoiser: Denoiser) -> Plan:
         return self._chain_plan(denoiser)
 
-    def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
+    def _fused(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState] | None:
         d = plan.denoiser
         param = d.parameterization
         fixed = param.prediction != "previous-x" and not param.learned_variance and "mean" not in d.forms
-        if run.trace is not None or run.log_prob or not fixed:
-            return self._walk(plan, x, start, run)  # each step as a Transition (densities, rollouts)
-        return self._run_fused(plan, x, start, run)
+        return self._fused_fixed(plan, x, start, run) if fixed else None  # else: the posterior, walked
 
-    def _run_fused(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
+    def _fused_fixed(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
         """:meth:`transition`'s fixed-variance step and its draw in one pass over the noise."""
         d = plan.denoiser
         chain = d.process

@@ -83,12 +83,7 @@ class FlowSDE(SamplerBase):
         pred = plan.denoiser(x, plan.denoiser.process.num_timesteps - 1 - k)
         return Transition(pred.blend_x0(c_x, x, c_x0), std, pred)
 
-    def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
-        if run.trace is not None or run.log_prob:
-            return self._walk(plan, x, start, run)  # each step as a Transition (densities, rollouts)
-        return self._run_fused(plan, x, start, run)
-
-    def _run_fused(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
+    def _fused(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
         """:meth:`transition` and its draw in one pass: the noise scaled in place, mean added to it."""
         d = plan.denoiser
         last = d.process.num_timesteps - 1

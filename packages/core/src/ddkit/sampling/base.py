@@ -416,11 +416,24 @@ class SamplerBase:
     def _run(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState]:
         """Steps ``start`` .. ``plan.steps - 1`` from ``x``; continue from ``state.x`` after each yield.
 
-        The default walks :meth:`transition` step by step (a subclass gives one or the other).
+        The default walks :meth:`transition` step by step (a subclass gives one or the other),
+        or runs :meth:`_fused` where the call asks for no densities and no trace.
         """
         if not self.has_transition:
             raise NotImplementedError(f"{type(self).__name__} must implement _run or transition")
+        if run.trace is None and not run.log_prob:
+            fused = self._fused(plan, x, start, run)
+            if fused is not None:
+                return fused
         return self._walk(plan, x, start, run)
+
+    def _fused(self, plan: Plan, x: Tensor, start: int, run: Run) -> Iterator[SamplerState] | None:
+        """The steps of :meth:`transition` with each draw fused into the step (no densities), or None.
+
+        A stochastic sampler gives this loop (see :meth:`Run.draw_blend`) where its steps allow it;
+        None: :meth:`_run` walks the transitions.
+        """
+        return None
 
     def transition(self, plan: Plan, k: int, x: Tensor, history: Any = None) -> Transition:
         """Step ``k`` of ``plan`` from ``x`` as the Gaussian x_{k+1} ~ N(mean, std²), one denoiser call.
