@@ -758,6 +758,8 @@ class SamplerBase:
                 pass
             assert state is not None
             return state.x
+        options.pop("callback", None)  # None and off here: nothing to call or show
+        options.pop("progress", None)
         walk, run = self._prepare(self._checked_plan(denoiser), denoiser, x_T, **options)
         run.quiet = True  # (read when the loop starts, at its first step)
         d = walk.plan.denoiser
@@ -816,8 +818,6 @@ class SamplerBase:
         x_T: Tensor,
         *,
         generator: Generator = None,
-        callback: Callable[[SamplerState], None] | None = None,
-        progress: bool = False,
         init: Tensor | None = None,
         strength: float | None = None,
         mask: Tensor | None = None,
