@@ -256,7 +256,7 @@ def render_sampler_overhead(r: dict[str, Any], files: Path, out_dir: Path) -> tu
             + ", ".join(
                 f"{fmt(r['fused_update_us'] / x['diffusers'], 2, '×')} ({x['sampler']})"
                 for x in rows
-                if x.get("schedule") not in (None, "linear", "cosine")
+                if _on_path(x)
                 and x.get("diffusers")
                 and x.get("ratio_without_noise_draw") is None  # deterministic: no draw in the floor
             )
@@ -275,6 +275,11 @@ def render_sampler_overhead(r: dict[str, Any], files: Path, out_dir: Path) -> tu
     return "\n".join(body), _overhead_verdicts(rows, r.get("noise_draw_us"), r.get("fused_update_us"))
 
 
+def _on_path(row: dict[str, Any]) -> bool:
+    """Whether an overhead row was measured on a Gaussian path (not the chain of betas the target is for)."""
+    return row.get("schedule") not in (None, "linear", "cosine")
+
+
 def _overhead_verdicts(
     rows: list[dict[str, Any]], noise_us: float | None, update_us: float | None
 ) -> list[Verdict]:
@@ -285,7 +290,7 @@ def _overhead_verdicts(
     target = f"≤ {OVERHEAD_TARGET}× diffusers"
     out = []
     for x in rows:
-        on_path = x.get("schedule") not in (None, "linear", "cosine")
+        on_path = _on_path(x)
         for suffix, ratio, free in (
             ("", "ratio_ddkit_diffusers", "ratio_without_noise_draw"),
             (" through Pipeline.sample", "ratio_pipeline_diffusers", "ratio_pipeline_without_noise_draw"),
